@@ -23,26 +23,43 @@ log = logging.getLogger(__name__)
 
 # zero-shot CLIP ViT-L/14 top-1 among N names (REFERENCE.md; Radford et al. 2021, table 8)
 PUBLISHED_TOP1 = {100: 0.592, 1000: 0.433, 2000: 0.422}
-_CHUNK = 1024  # images per block: keeps the (images x names) random keys to a few MB
+_CHUNK = 1024  # images per block: keeps random keys (images x names) to a few MB
 
 
 def draw_distractors(true_idx: np.ndarray, n_names: int, k: int, rng) -> np.ndarray:
     """(n, k) distractor indices per image: k distinct names, never the image's own, uniform.
 
-    Uniform random keys with the true name's key set to +inf; the k smallest keys are a
-    uniform draw without replacement from the other n_names - 1 names."""
+    O(images x k), whatever the number of names: k distinct draws from the m = n_names - 1
+    other names, shifted past the image's own index. Both ways of drawing treat every name
+    alike, so each row is a uniform k-subset."""
     true_idx = np.asarray(true_idx, dtype=np.int64)
-    if k <= 0:
-        return np.zeros((len(true_idx), 0), dtype=np.int64)
-    if k > n_names - 1:
+    m = n_names - 1
+    if k > m:
         raise ValueError(f"{k} distractors need at least {k + 1} names, have {n_names}")
-    out = []
-    for s in range(0, len(true_idx), _CHUNK):
-        t = true_idx[s:s + _CHUNK]
-        keys = rng.random((len(t), n_names))
-        keys[np.arange(len(t)), t] = np.inf
-        out.append(np.argpartition(keys, k - 1, axis=1)[:, :k])
-    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+    if k <= 0 or len(true_idx) == 0:
+        return np.zeros((len(true_idx), max(k, 0)), dtype=np.int64)
+    draw = _random_keys if 4 * k >= m else _redraw_duplicates
+    picks = np.concatenate([draw(min(_CHUNK, len(true_idx) - s), m, k, rng)
+                            for s in range(0, len(true_idx), _CHUNK)])
+    return picks + (picks >= true_idx[:, None])
+
+
+def _random_keys(n: int, m: int, k: int, rng) -> np.ndarray:
+    """The k smallest of m uniform keys: O(m) per row, fine while k is a good share of m."""
+    return np.argpartition(rng.random((n, m)), k - 1, axis=1)[:, :k]
+
+
+def _redraw_duplicates(n: int, m: int, k: int, rng) -> np.ndarray:
+    """k draws with replacement, then every repeat drawn again until none is left: O(k log k)
+    per row while k is a small share of m (a few rounds, each redrawing fewer)."""
+    picks = rng.integers(0, m, size=(n, k))
+    while True:
+        picks.sort(axis=1)
+        repeat = np.zeros(picks.shape, dtype=bool)
+        repeat[:, 1:] = picks[:, 1:] == picks[:, :-1]
+        if not repeat.any():
+            return picks
+        picks[repeat] = rng.integers(0, m, size=int(repeat.sum()))
 
 
 def true_rank(sims: np.ndarray, true_idx: np.ndarray, distractors: np.ndarray) -> np.ndarray:
