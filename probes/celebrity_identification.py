@@ -51,15 +51,18 @@ def _random_keys(n: int, m: int, k: int, rng) -> np.ndarray:
 
 def _redraw_duplicates(n: int, m: int, k: int, rng) -> np.ndarray:
     """k draws with replacement, then every repeat drawn again until none is left: O(k log k)
-    per row while k is a small share of m (a few rounds, each redrawing fewer)."""
-    picks = rng.integers(0, m, size=(n, k))
-    while True:
-        picks.sort(axis=1)
-        repeat = np.zeros(picks.shape, dtype=bool)
-        repeat[:, 1:] = picks[:, 1:] == picks[:, :-1]
-        if not repeat.any():
-            return picks
-        picks[repeat] = rng.integers(0, m, size=int(repeat.sum()))
+    per row while k is a small share of m (a few rounds, each on the rows still repeating)."""
+    picks = np.sort(rng.integers(0, m, size=(n, k)), axis=1)
+    rows = np.arange(n)
+    while len(rows):
+        sub = picks[rows]
+        repeat = np.zeros(sub.shape, dtype=bool)
+        repeat[:, 1:] = sub[:, 1:] == sub[:, :-1]
+        again = repeat.any(axis=1)
+        rows, sub, repeat = rows[again], sub[again], repeat[again]
+        sub[repeat] = rng.integers(0, m, size=int(repeat.sum()))
+        picks[rows] = np.sort(sub, axis=1)
+    return picks
 
 
 def true_rank(sims: np.ndarray, true_idx: np.ndarray, distractors: np.ndarray) -> np.ndarray:
