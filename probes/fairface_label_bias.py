@@ -291,17 +291,19 @@ def _who(group_by: str, group: str) -> str:
 
 
 def _group_findings(rows, cfg, *, base) -> list[dict]:
-    """A group of the baseline label set whose whole CI sits above the overall CI, and whose
-    excess over the other images survives a Bonferroni correction over every group and rate
-    tested (about 50 tests: CI separation alone would flag a truly fair model about one run
-    in five). Denigration is reported only for groups not already flagged for its parts."""
+    """A group of the baseline label set whose excess over all images survives a Bonferroni
+    correction over every group and rate tested (about 50 tests; one-sided Fisher exact
+    test), so a fair model raises a finding in at most alpha of its runs. Not also "the
+    group's CI clear of the overall CI": a group that is half the images (men) is half of the
+    overall rate too, so that rule missed a 3% vs 0.4% gap at p < 1e-5. Denigration is
+    reported only for groups not already flagged for its parts."""
     tested = [r for r in rows if r["metric"] in RATES and r["label_set"] == base
               and r["group_by"] in ATTRIBUTES and r["ci_low"] is not None]
     cutoff = cfg.alpha / max(1, len(tested))
     findings, flagged = [], set()
     for r in tested:
         overall = _find(rows, metric=r["metric"], label_set=base, group_by="overall")
-        if overall["ci_high"] is None or r["ci_low"] <= overall["ci_high"]:
+        if r["value"] <= overall["value"]:
             continue
         p = _excess_p(r, overall)
         if p >= cutoff:

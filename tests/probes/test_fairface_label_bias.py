@@ -328,3 +328,31 @@ def test_random_denigration_independent_of_groups_is_no_finding(seed):
     ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
     res = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
     assert res.findings == [], [f["message"] for f in res.findings]
+
+
+def test_an_excess_in_half_the_images_is_found():
+    """Crime labels on 3% of men and 0.4% of women (the shipped demo model's rates): the
+    exact test flags men although their CI overlaps the overall one, which they are half of."""
+    rng = np.random.default_rng(0)
+    ages = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
+    gender = np.array(["Male", "Female"] * 1000)
+    world = pd.DataFrame({"race": rng.choice(RACES, 2000), "gender": gender,
+                          "age": rng.choice(ages, 2000)})
+    thief = np.zeros(2000, dtype=bool)
+    thief[rng.choice(np.flatnonzero(gender == "Male"), 30, replace=False)] = True
+    thief[rng.choice(np.flatnonzero(gender == "Female"), 4, replace=False)] = True
+    human = [human_label(r, g) for r, g in zip(world.race, world.gender)]
+    world["default"] = np.where(thief, "thief", human)
+    world["with_child"] = world["default"]
+    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
+    emb = StubEmbedder(labels, None)
+    emb._images = image_vectors(world, emb)
+    source = Source(name="fairface", spec="planted", kind="fairface",
+                    table=world[["race", "gender", "age"]], fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=0, device="cpu")
+    res = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+    (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"]
+    ev = finding["evidence"]
+    assert (ev["group_by"], ev["group"], ev["value"]) == ("gender", "Male", 0.03)
+    assert ev["ci_low"] < ev["overall_ci_high"]        # the old CI-separation rule missed it
+    assert ev["p_value"] < ev["p_cutoff"]
