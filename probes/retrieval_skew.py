@@ -5,10 +5,14 @@ template ensemble of the label set), and the top k is compared with the dataset'
 race and by gender: MaxSkew@k (how over-represented the most favoured group is) and NDKL (a
 rank-discounted divergence over every prefix of the top k).
 
-MaxSkew@10 of a random ranking is far from 0 (7 races in 10 slots), so a finding also needs
-the observed skew to be beyond what random rankings of the same images reach: a permutation
-null, drawn as multivariate hypergeometric top-k counts, Bonferroni-corrected over every
-(concept, attribute, k) tested.
+A finding needs the skew to be over a threshold and beyond two yardsticks, each Bonferroni-
+corrected over every (concept, attribute, k) tested:
+- random rankings of the same images (a permutation null, drawn as multivariate hypergeometric
+  top-k counts): MaxSkew@10 of a random ranking is far from 0 (7 races in 10 slots);
+- random queries: isotropic random directions of the embedding space ranking the same images.
+  Images of a trained CLIP cluster by race and gender, so *any* query ranks one cluster first;
+  without this yardstick every concept of every model is "skewed", the concept's words or not.
+  A model trained on captions with no attribute-dependent words (the null world) gets no finding.
 """
 from __future__ import annotations
 
@@ -51,6 +55,9 @@ class RetrievalSkew:
         alpha: float = 0.05
         # Random rankings drawn for the null distribution of MaxSkew.
         n_perm: int = 20000
+        # Random query directions for the geometry yardstick (0: not used). 4,000 lets a concept
+        # that beats every one of them pass a Bonferroni cut over 180 tests (p = 1/4001).
+        n_random_queries: int = 4000
         # Bootstrap resamples of the images for MaxSkew CIs (0: none). NDKL gets no CI.
         n_boot: int = 200
 
@@ -70,20 +77,23 @@ class RetrievalSkew:
         rows = []
         for attr in cfg.attributes:
             groups = source.table[attr].astype(str).to_numpy()
-            rows += _attribute_rows(groups, order, concepts, ks, attr, cfg, seed=ctx.seed)
+            rows += _attribute_rows(groups, order, concepts, ks, attr, cfg, seed=ctx.seed, images=img)
         findings = _findings(rows, cfg)
         return ProbeResult(status="ok", summary=_summary(rows, len(img), concepts, cfg),
                            rows=rows, findings=findings, config=config_dict(cfg))
 
 
 
-def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed) -> list[dict]:
+def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed, images) -> list[dict]:
     desired = stats.desired_distribution(groups, kind=cfg.desired)
     cis = _max_skew_cis(groups, order, ks, cfg, seed=seed)
+    queries = (stats.random_query_max_skew(images, groups, ks=ks, desired=desired,
+                                           n_queries=cfg.n_random_queries, seed=seed)
+               if cfg.n_random_queries > 0 else {})
     rows = []
     for k in ks:
         null = stats.max_skew_null(groups, k=k, desired=desired, n_perm=cfg.n_perm, seed=seed)
-        per_concept = [_concept_rows(groups[order[:, j]], concept, k, attr, desired, null)
+        per_concept = [_concept_rows(groups[order[:, j]], concept, k, attr, desired, null, queries.get(k))
                        for j, concept in enumerate(concepts)]
         for j, (skew_row, _) in enumerate(per_concept):
             skew_row["ci_low"], skew_row["ci_high"] = cis[j][k] if cis else (None, None)
@@ -93,7 +103,7 @@ def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed) -> list[dic
     return rows
 
 
-def _concept_rows(ranked, concept, k, attr, desired, null) -> list[dict]:
+def _concept_rows(ranked, concept, k, attr, desired, null, queries) -> list[dict]:
     skew = stats.max_skew_at_k(ranked, k=k, desired=desired)
     names, counts = np.unique(ranked[:k], return_counts=True)
     share = dict(zip(names.tolist(), (counts / k).tolist()))
@@ -103,7 +113,8 @@ def _concept_rows(ranked, concept, k, attr, desired, null) -> list[dict]:
     return [
         row("max_skew", skew, group_by=attr, group=concept, n=k, **extra,
             favoured=favoured, favoured_share=share.get(favoured, 0.0),
-            desired_share=desired[favoured], p_value=stats.permutation_p_value(skew, null)),
+            desired_share=desired[favoured], p_value=stats.permutation_p_value(skew, null),
+            p_random_queries=None if queries is None else stats.permutation_p_value(skew, queries)),
         row("ndkl", stats.ndkl(ranked, k=k, desired=desired), group_by=attr, group=concept,
             n=k, **extra),
     ]
@@ -137,7 +148,8 @@ def _findings(rows, cfg) -> list[dict]:
     cutoff = cfg.alpha / max(1, len(tests))
     worst = {}
     for r in tests:
-        if r["value"] >= cfg.max_skew_threshold and r["p_value"] < cutoff:
+        beyond_queries = r["p_random_queries"] is None or r["p_random_queries"] < cutoff
+        if r["value"] >= cfg.max_skew_threshold and r["p_value"] < cutoff and beyond_queries:
             key = (r["attribute"], r["concept"])
             if key not in worst or r["value"] > worst[key]["value"]:
                 worst[key] = r
@@ -160,13 +172,15 @@ def _describe(r) -> str:
 def _finding(attr, flagged, n_concepts, cutoff) -> dict:
     top = flagged[0]
     message = (f"Searching faces by concept returns a skewed {attr} mix for {len(flagged)} of "
-               f"{n_concepts} concepts, beyond what random rankings produce. Strongest: "
+               f"{n_concepts} concepts, beyond what random rankings and random queries produce. "
+               "Strongest: "
                + "; ".join(_describe(r) for r in flagged[:3]) + ".")
     evidence = {"attribute": attr, "concepts_flagged": len(flagged), "concepts": n_concepts,
                 "flagged": ", ".join(r["concept"] for r in flagged),
                 "worst_concept": top["concept"], "k": top["k"], "max_skew": top["value"],
                 "favoured": top["favoured"], "favoured_share": top["favoured_share"],
                 "desired_share": top["desired_share"], "p_value": top["p_value"],
+                "p_random_queries": top["p_random_queries"],
                 "p_cutoff": cutoff}
     return {"severity": "medium", "message": message, "evidence": evidence}
 

@@ -289,3 +289,20 @@ def test_bootstrap_max_skew_is_exact_for_given_resamples():
 def test_excess_p_value_is_the_hypergeometric_tail(k, n, K, N):
     tail = sum(math.comb(K, j) * math.comb(N - K, n - j) for j in range(k, min(n, K) + 1))
     assert stats.excess_p_value(k, n, K, N) == pytest.approx(tail / math.comb(N, n))
+
+
+def test_random_query_max_skew_equals_ranking_each_direction():
+    from audit.stats import desired_distribution, max_skew_at_k, random_query_max_skew
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(300, 8)).astype(np.float32)
+    groups = rng.choice(["a", "b", "c"], 300)
+    desired = desired_distribution(groups)
+    got = random_query_max_skew(images, groups, ks=(5, 50, 300), desired=desired, n_queries=40,
+                                seed=3, chunk=16)
+    rng = np.random.default_rng(3)                  # the same draws, chunk by chunk
+    dirs = np.hstack([rng.standard_normal((8, c), dtype=np.float32) for c in (16, 16, 8)])
+    for j in range(40):
+        ranked = groups[np.argsort(-(images @ dirs[:, j]), kind="stable")]
+        for k in (5, 50, 300):
+            assert got[k][j] == pytest.approx(max_skew_at_k(ranked, k=k, desired=desired), abs=1e-6)

@@ -15,41 +15,44 @@ RACES = ["East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_His
 CONCEPTS = ["criminal", "neutral", "kind"]
 
 
-class StubEmbedder:
-    """Text '{concept}' -> one-hot axis; image vectors hold planted per-concept scores."""
+DIM = 64  # concept axes first, then noise dimensions that random queries mostly see
 
-    def __init__(self, images):
+
+class StubEmbedder:
+    """Text '{concept}' -> its row of `text_vectors` (default: a one-hot axis); image vectors
+    hold planted per-concept scores in the first dimensions."""
+
+    def __init__(self, images, text_vectors=None):
         self._images = images
+        self._text = np.eye(DIM, dtype=np.float32)[:len(CONCEPTS)] if text_vectors is None else text_vectors
 
     def texts(self, texts):
-        out = np.zeros((len(texts), len(CONCEPTS)), np.float32)
-        for i, t in enumerate(texts):
-            out[i, CONCEPTS.index(t)] = 1
-        return out
+        return np.stack([self._text[CONCEPTS.index(t)] for t in texts])
 
     def images(self, source, *, transform=None):
         return self._images
 
 
 def planted(n=420, seed=0, biased=True):
-    """'criminal' ranks every man above every woman (if biased); the others are noise."""
+    """'criminal' ranks every man above every woman (if biased); the others are noise. Each
+    image also has DIM - 3 noise dimensions, so a random query is mostly noise too."""
     rng = np.random.default_rng(seed)
     table = pd.DataFrame({"race": [RACES[i % 7] for i in range(n)],
                           "gender": ["Male" if (i // 7) % 2 else "Female" for i in range(n)],
                           "age": "20-29"})
-    scores = rng.random((n, len(CONCEPTS)))
+    scores = np.hstack([rng.random((n, len(CONCEPTS))), rng.normal(size=(n, DIM - len(CONCEPTS)))])
     if biased:
         scores[:, 0] += (table.gender == "Male").to_numpy()
     return table, scores
 
 
-def run_probe(tmp_path, table, scores, **cfg):
+def run_probe(tmp_path, table, scores, text_vectors=None, **cfg):
     label_file = tmp_path / "concepts.yaml"
     label_file.write_text("name: test_concepts\ntemplates: ['{}']\nclasses:\n"
                           + "".join(f"  - {{label: {c}}}\n" for c in CONCEPTS))
     source = Source(name="fairface", spec="planted", kind="fairface", table=table,
                     fingerprint="0" * 64)
-    ctx = ProbeContext(embedder=StubEmbedder(scores), sources={"fairface": source}, seed=0,
+    ctx = ProbeContext(embedder=StubEmbedder(scores, text_vectors), sources={"fairface": source}, seed=0,
                        device="cpu")
     return RetrievalSkew().run(ctx, RetrievalSkew.Config(label_set=str(label_file), **cfg))
 
@@ -112,6 +115,7 @@ def test_planted_concept_is_the_only_finding(biased):
     # Every man outranks every woman: the top 100 are all men, ln(1 / 0.5).
     assert ev["k"] in (10, 100) and ev["max_skew"] == pytest.approx(math.log(2))
     assert ev["favoured_share"] == 1.0 and ev["p_value"] < ev["p_cutoff"]
+    assert ev["p_random_queries"] < ev["p_cutoff"]     # beyond every random query, too
     assert finding["severity"] == "medium"
     assert "gender mix for 1 of 3 concepts" in finding["message"]
     assert "'criminal': 100% Male in the top" in finding["message"]
@@ -173,3 +177,16 @@ def test_bad_config_is_a_user_error(tmp_path, cfg, problem):
     table, scores = planted(n=42)
     with pytest.raises(UserError, match=problem):
         run_probe(tmp_path, table, scores, **cfg)
+
+
+def test_cluster_geometry_alone_is_no_finding(tmp_path):
+    """Images that cluster by gender (as a trained CLIP's do) and concepts that mean nothing
+    (random text directions): every ranking puts one gender first. Against random rankings
+    alone that is a skew for every concept; against random queries of the same space it is
+    what any query gets, and no finding."""
+    table, scores = planted(biased=False)
+    scores[:, 5] += 30 * (table.gender == "Male").to_numpy()
+    text = np.random.default_rng(1).normal(size=(len(CONCEPTS), DIM)).astype(np.float32)
+    naive = run_probe(tmp_path, table, scores, text, n_random_queries=0)
+    assert any(f["evidence"]["attribute"] == "gender" for f in naive.findings)
+    assert run_probe(tmp_path, table, scores, text).findings == []
