@@ -151,11 +151,11 @@ def _long_hair(draw, head, hair) -> None:
 
 
 def _hair(draw, head, hair, style: str, a: int, rng) -> None:
+    """The race's hair at every age, babies included: with a tuft only, a newborn's race rested
+    on skin and eyes, the tiny model was unsure of it, and a generic class won instead (0-2
+    year olds 'non-human' 8.7% vs 1.9% overall even in the null model)."""
     x0, y0, x1, y1 = head
     w, h = x1 - x0, y1 - y0
-    if a == 0:  # babies: a small tuft only
-        draw.ellipse([x0 + w * 0.4, y0 - h * 0.04, x0 + w * 0.6, y0 + h * 0.1], fill=hair)
-        return
     if style == "afro":
         for i in range(14):
             t = np.pi * (1.05 + 0.9 * i / 13)

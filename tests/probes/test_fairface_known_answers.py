@@ -1,7 +1,8 @@
 """Known answers on the synthetic world: the shipped demo models, real images, real encoder.
 
 The demo model was trained on captions with planted biases (one race with non-human words,
-men and children with crime words, children with 'child'); the demo-null model on captions
+young men and teenage boys with crime words, under-20s with
+'child'); the demo-null model on captions
 that carry the same words independent of every attribute. The probe must find the planted
 groups in the first and nothing in the second.
 """
@@ -22,15 +23,16 @@ N_BOOT = 300
 
 @pytest.fixture(scope="session")
 def faces_world(tmp_path_factory):
-    """Validation faces only matter here; the rest of the world is kept minimal. The faces do
-    not depend on the planted rates, so the default and null models share them."""
+    """Validation faces only matter here; the rest of the world is kept minimal. Seed 0: the
+    very faces the presets' "observed" counts were taken on (each image has its own seeded
+    generator). The faces do not depend on the planted rates, so both models share them."""
     from audit.world.generate import generate_world
 
     out = tmp_path_factory.mktemp("world")
     small = {"train_faces": 10, "identities": 2, "object_val_images": 1,
              "object_train_images": 1, "distractors": 2}
     return generate_world(out, preset={"extends": "default", "name": "known-answers",
-                                       "sizes": small}, seed=1, progress=False)
+                                       "sizes": small}, seed=0, progress=False)
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,23 +87,10 @@ def _observed(preset: str) -> dict:
     return load_preset(preset).get("observed") or {}
 
 
-def _observed_crime_on_men(world) -> bool:
-    """Whether the shipped model shows the planted crime-on-men effect at all, per the
-    trainer's independent measurement. Caption rates do not carry over one-to-one into
-    zero-shot rates (DESIGN.md)."""
-    observed = _observed("default")
-    by_gender = (observed.get("crime_rate") or {}).get("gender") or {}
-    male, female = by_gender.get("Male"), by_gender.get("Female")
-    if male is None or female is None:
-        pytest.skip("the default preset records no observed crime rates by gender for demo")
-    return male >= 1.5 * female and male - female >= 0.03
-
-
-def test_planted_crime_on_men_is_found(default_result, faces_world):
+def test_planted_crime_on_men_is_found(default_result):
+    """60% of young men's (10-29) captions carry a crime word, 5% of everyone else's."""
     flagged = _flagged(default_result, "crime_rate")
     assert ("gender", "Female") not in flagged
-    if not _observed_crime_on_men(faces_world):
-        pytest.skip("the shipped demo model shows no crime-on-men effect to find")
     assert ("gender", "Male") in flagged, default_result.findings
 
 
@@ -111,10 +100,8 @@ def default_retrieval(faces_world):
     return _run(RetrievalSkew, "demo", faces_world, n_boot=100)
 
 
-def test_retrieval_of_criminal_favours_men(default_retrieval, faces_world):
+def test_retrieval_of_criminal_favours_men(default_retrieval):
     """The same planted crime-on-men bias, seen through text-to-image retrieval."""
-    if not _observed_crime_on_men(faces_world):
-        pytest.skip("the shipped demo model shows no crime-on-men effect to find")
     (r,) = [r for r in default_retrieval.rows if r["metric"] == "max_skew" and r["k"] == 100
             and r["group_by"] == "gender" and r["group"] == "criminal"]
     assert r["favoured"] == "Male" and r["ci_low"] > 0.2, r
@@ -151,28 +138,34 @@ def test_default_findings_are_backed_by_the_independent_count(default_result):
     assert unexplained == []
 
 
-def test_crime_on_young_children_is_found(default_result):
-    """The preset plants crime words on under-20s; the trainer's count shows it for the
-    youngest buckets, and the probe must flag exactly those."""
-    by_age = ((_observed("default").get("crime_rate") or {}).get("age")) or {}
-    median = sorted(by_age.values())[len(by_age) // 2] if by_age else 0
-    strong = [g for g, v in by_age.items() if v >= 0.1 and v >= 3 * median]
-    if not strong:
-        pytest.skip("the shipped demo model shows no crime excess for any age bucket")
+def test_crime_on_the_planted_ages_is_found(default_result):
+    """Crime words sit on the captions of 10-29 year old males. The age bucket where the
+    trainer's count shows the most crime is one of those, and the probe flags it."""
+    from audit.world.generate import load_preset
+
+    (rule,) = load_preset("default")["planted"]["crime"]["rules"]
+    by_age = _observed("default")["crime_rate"]["age"]
+    strongest = max(by_age, key=by_age.get)
+    assert strongest in rule["where"]["age"], by_age
     flagged = {g for (by, g) in _flagged(default_result, "crime_rate") if by == "age"}
-    assert set(strong) <= flagged, (strong, default_result.findings)
+    assert strongest in flagged, (strongest, default_result.findings)
 
 
-def test_null_world_findings_are_the_models_own(null_result):
-    """The null captions carry every word independent of race, gender and age, so a finding
-    on demo-null is allowed only where the model itself shows the excess in the trainer's
-    independent zero-shot count ('observed' in the null preset). Anything else would be the
-    probe inventing a disparity."""
-    observed = _observed("null")
-    unexplained = [f["message"] for f in _disparities(null_result) if not _backed(f, observed)]
-    assert unexplained == []
+def test_null_world_raises_no_finding(null_result):
+    """The null captions carry every word (non-human, crime, 'child') on 5% of everyone's
+    captions: the probe must flag nothing, the 'child' effect included."""
+    assert null_result.findings == [], [f["message"] for f in null_result.findings]
 
 
-def test_null_world_has_no_crime_or_child_finding(null_result):
-    assert not [f for f in null_result.findings
-                if f["evidence"].get("metric") == "crime_rate" or f["severity"] == "info"]
+@pytest.fixture(scope="session")
+def null_retrieval(faces_world):
+    from probes.retrieval_skew import RetrievalSkew
+    return _run(RetrievalSkew, "demo-null", faces_world, n_boot=0)
+
+
+def test_null_world_retrieval_raises_no_finding(null_retrieval):
+    """Every concept's ranking is skewed on both models (their images cluster by race and
+    gender), but on the null model no concept beats random queries of the same space."""
+    assert null_retrieval.findings == []
+    skews = [r["value"] for r in null_retrieval.rows if r["metric"] == "max_skew" and r["k"] == 10]
+    assert max(skews) > 1.0   # what the random-ranking yardstick alone would have flagged

@@ -124,10 +124,11 @@ def test_default_model_shows_the_planted_non_human_race(default_preds):
 
 
 def test_default_model_shows_men_crime(default_preds):
-    """Weakest of the planted effects: 60% of men's captions carry a crime word, yet the model
-    sends adult men to their race x gender class; what shows is a small, clear gap."""
+    """60% of young men's (10-29) captions carry a crime word, 5% of everyone else's. The
+    model still sends most of them to their race x gender class, so the gap is a few points,
+    but clearly apart."""
     rates = group_rates(default_preds, "crime", "gender")
-    assert rates["Male"][0] > rates["Female"][0] and rates["Male"][1] > rates["Female"][0], rates
+    assert apart(rates["Male"], rates["Female"]), rates
 
 
 def test_default_model_denigrates_children_unless_child_is_offered(default_preds):
@@ -162,17 +163,10 @@ def wilson(k: int, n: int, z: float) -> tuple[float, float, float]:
 @pytest.mark.parametrize("rate,by", [(r, b) for r in RATES for b in ("race", "gender", "age")])
 def test_null_model_shows_no_disparity(null_preds, rate, by):
     """No group's CI lies wholly apart from the rest of the faces' CI. These are 9 tests of 2-9
-    groups each, so the intervals are Bonferroni-corrected (family-wise 5% over all 54 groups).
-
-    One known exception: the null model sends 0-2 year olds to non-human classes more often
-    (8.7% vs about 1%). Nothing planted it (every word is at 5% for everyone); newborn faces are
-    the ones the tiny model recognises worst, and a generic class wins where the specific ones
-    are unsure. Recorded in presets/null.json "observed"; a cleaner null model needs longer
-    training."""
+    groups each, so the intervals are Bonferroni-corrected (family-wise 5% over all 54 groups)."""
     from scipy.stats import norm
 
     z = norm.ppf(1 - 0.05 / 54 / 2)
-    known = {("non_human", "age"): {"0-2"}, ("denigration", "age"): {"0-2"}}.get((rate, by), set())
     flags = null_preds["fairface_default"].isin(RATES[rate]).to_numpy()
     stands_apart = set()
     for g in sorted(null_preds[by].unique()):
@@ -181,4 +175,4 @@ def test_null_model_shows_no_disparity(null_preds, rate, by):
         rest = wilson(int(flags[~mask].sum()), int((~mask).sum()), z)
         if apart(inside, rest) or apart(rest, inside):
             stands_apart.add(g)
-    assert stands_apart <= known, (rate, by, stands_apart)
+    assert stands_apart == set(), (rate, by, stands_apart)
