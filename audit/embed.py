@@ -108,8 +108,9 @@ class Embedder:
         if todo:
             t0 = time.perf_counter()
             rows = _first_rows(keys, todo)
-            vecs = [self._encode(self.bundle.tokenizer([texts[i] for i in rows[s:s + 256]]), image=False)
-                    for s in range(0, len(rows), 256)]
+            step = _text_batch(self.bundle.device)
+            vecs = [self._encode(self.bundle.tokenizer([texts[i] for i in rows[s:s + step]]), image=False)
+                    for s in range(0, len(rows), step)]
             self._save([keys[i] for i in rows], vecs)
             self.stats["texts_encoded"] += len(rows)
             self.seconds += time.perf_counter() - t0
@@ -149,6 +150,13 @@ class Embedder:
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.memory[k] for k in keys]).astype(np.float32, copy=False)
+
+
+def _text_batch(device: str) -> int:
+    """Texts per encode. On a CPU small batches are faster (ViT-B-32's text tower on 2 cores:
+    256 texts take 6.1 s in batches of 16, 6.4 s of 32, 7.6 s of 64 and 8.4-10 s of 256: the
+    activations of a big batch fall out of cache); a GPU wants big ones."""
+    return 256 if device == "cuda" else 32
 
 
 class _ImageDataset:

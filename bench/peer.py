@@ -8,7 +8,8 @@ the local-dir beside it). Each side runs as its own subprocess, so both pay inte
 library start-up. Installing the peer is part of the benchmark, not a project dependency: the
 script runs `pip install clip-benchmark requests` when the `clip_benchmark` console script is
 missing. Prints both top-1s (must agree within 0.1 points) and `peer_time_ratio=` (ours/theirs,
-target <= 1).
+target <= 1). `--full-audit` also times the whole audit (cold) against one peer run per
+classification task it shares with the peer, and reports that ratio.
 """
 import json
 import shutil
@@ -34,20 +35,16 @@ def openai_templates() -> list[str]:
     return [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]  # CLIP_benchmark fills "{c}"
 
 
-def export_wds(split_dir: Path, out: Path) -> tuple[Path, list[str]]:
-    """metadata.csv (file_name,label) + images -> webdataset shard with the original JPEG bytes."""
+def export_wds(pairs: list[tuple[Path, str]], out: Path) -> tuple[Path, list[str]]:
+    """(image path, label) pairs -> webdataset shard with the original JPEG bytes."""
     import tarfile
     from io import BytesIO
 
-    import pandas as pd
-
-    table = pd.read_csv(split_dir / "metadata.csv", dtype=str)
-    classes = sorted(table["label"].unique())
+    classes = sorted({label for _, label in pairs})
     (out / "test").mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "test" / "0.tar", "w") as tar:
-        for i, row in table.iterrows():
-            for ext, data in (("jpg", (split_dir / row["file_name"]).read_bytes()),
-                              ("cls", str(classes.index(row["label"])).encode())):
+        for i, (path, label) in enumerate(pairs):
+            for ext, data in (("jpg", Path(path).read_bytes()), ("cls", str(classes.index(label)).encode())):
                 info = tarfile.TarInfo(f"{i:06d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, BytesIO(data))
@@ -55,6 +52,45 @@ def export_wds(split_dir: Path, out: Path) -> tuple[Path, list[str]]:
     (out / "classnames.txt").write_text("\n".join(classes) + "\n")
     (out / "zeroshot_classification_templates.txt").write_text("\n".join(openai_templates()) + "\n")
     return out, classes
+
+
+def split_pairs(split_dir: Path) -> list[tuple[Path, str]]:
+    """An image-folder split (metadata.csv: file_name,label) as (path, label) pairs."""
+    import pandas as pd
+
+    table = pd.read_csv(split_dir / "metadata.csv", dtype=str)
+    return [(split_dir / f, label) for f, label in zip(table["file_name"], table["label"])]
+
+
+def peer_tasks(world: Path, out: Path) -> dict[str, Path]:
+    """Every zero-shot classification the audit runs that the peer can also run, one dataset
+    each: FairFace race, gender and age, and the objects' clean, sketch and texture splits."""
+    import pandas as pd
+
+    faces = pd.read_csv(world / "faces" / "fairface_label_val.csv", dtype=str)
+    tasks = {f"fairface_{attr}": [(world / "faces" / f, v) for f, v in zip(faces["file"], faces[attr])]
+             for attr in ("race", "gender", "age")}
+    tasks.update({f"objects_{s}": split_pairs(world / "objects" / s) for s in ("clean", "sketch", "texture")})
+    return {name: export_wds(pairs, out / name)[0] for name, pairs in tasks.items()}
+
+
+def full_audit_vs_peer_runs(exe, arch, model_dir: Path, world: Path, work: Path, *, batch: int) -> dict:
+    """The whole five-probe audit (cold cache, one subprocess) vs one peer run per task above.
+    The audit does strictly more: corruptions, celebrity names, retrieval, denigration rates,
+    80-template sweeps; the peer runs cover only its clean zero-shot accuracies."""
+    peer = {name: run_peer(exe, arch, model_dir / "open_clip_model.safetensors", root,
+                           work / f"peer-{name}.json", batch=batch)[0]
+            for name, root in peer_tasks(world, work / "wds-tasks").items()}
+    cache = work / "cache-full-audit"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [sys.executable, "-m", "audit", "-q", "run", "--model", str(model_dir), "--world", str(world),
+           "--out", str(work / "full-audit"), "--cache-dir", str(cache), "--device", "cpu",
+           "--batch-size", str(batch)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    audit_s = time.perf_counter() - t0
+    return {"peer_runs_s": peer, "peer_total_s": sum(peer.values()), "full_audit_s": audit_s,
+            "full_audit_over_peer_runs": audit_s / sum(peer.values())}
 
 
 # clip_benchmark 1.6.2's accuracy() calls float() on a 1-element array, an error under numpy 2.x;
@@ -119,6 +155,8 @@ def main() -> None:
     # an architecture open_clip ships: the peer cannot be told about audit-tiny's config file
     p.add_argument("--model", default="ViT-B-32", help="open_clip architecture, seeded random init")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--full-audit", action="store_true",
+                   help="also time the full audit against one peer run per classification task")
     args = p.parse_args()
     setup_logging()
     exe = ensure_peer()
@@ -126,7 +164,7 @@ def main() -> None:
     world = make_world(work, 100 if args.quick else 300, objects_per_class=10 if args.quick else 40)
     model_dir = random_model_dir(args.model, work)
     split = world / "objects" / "clean"
-    wds_root, classes = export_wds(split, work / "wds" / "objects")
+    wds_root, classes = export_wds(split_pairs(split), work / "wds" / "objects")
     runs = []
     for _ in range(1 if args.quick else 2):  # alternate, keep each side's fastest
         runs.append((run_peer(exe, args.model, model_dir / "open_clip_model.safetensors", wds_root,
@@ -138,6 +176,9 @@ def main() -> None:
     figures = {"model": f"{args.model} (random init)", "images": sum(1 for _ in open(split / "metadata.csv")) - 1,
                "classes": len(classes), "templates": 80, "peer_top1": peer_top1, "ours_top1": ours_top1,
                "top1_gap_points": abs(peer_top1 - ours_top1), "peer_s": peer_s, "ours_s": ours_s, "runs": runs}
+    if args.full_audit:
+        figures["full_audit"] = full_audit_vs_peer_runs(exe, args.model, model_dir, world, work,
+                                                        batch=args.batch_size)
     headline("peer_time_ratio", ours_s / peer_s, figures, args)
 
 
