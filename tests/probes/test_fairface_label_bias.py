@@ -305,6 +305,26 @@ def test_bad_config_is_a_user_error(world, cfg, problem):
         FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(**cfg))
 
 
+ALL_AGES = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
+
+
+def run_on_labels(world, planted, seed):
+    """Each face labelled with its own race x gender class, except where `planted`
+    ({label: bool per face}) says otherwise, in both label sets; then the probe."""
+    world = world.copy()
+    world["default"] = [human_label(r, g) for r, g in zip(world.race, world.gender)]
+    for label, mask in planted.items():
+        world.loc[mask, "default"] = label
+    world["with_child"] = world["default"]
+    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
+    emb = StubEmbedder(labels, None)
+    emb._images = image_vectors(world, emb)
+    source = Source(name="fairface", spec="planted", kind="fairface",
+                    table=world[["race", "gender", "age"]], fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
+    return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+
+
 # Seed 3 is left out on purpose: its draw puts 30 of 120 'gorilla' labels in the 10-19
 # bucket (expected 13; binomial tail ~1e-8), a real excess in that sample that is right to flag.
 @pytest.mark.parametrize("seed", [0, 1, 2, 4, 5])
@@ -312,21 +332,11 @@ def test_random_denigration_independent_of_groups_is_no_finding(seed):
     """5% 'gorilla' and 5% 'thief' drawn independently of every attribute, 2,000 faces
     over 7 x 2 x 9 groups: ~50 groups tested, none may be flagged."""
     rng = np.random.default_rng(seed)
-    ages = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
     world = pd.DataFrame({"race": rng.choice(RACES, 2000),
                           "gender": rng.choice(["Male", "Female"], 2000),
-                          "age": rng.choice(ages, 2000)})
+                          "age": rng.choice(ALL_AGES, 2000)})
     u = rng.random(2000)
-    human = [human_label(r, g) for r, g in zip(world.race, world.gender)]
-    world["default"] = np.where(u < 0.05, "gorilla", np.where(u < 0.10, "thief", human))
-    world["with_child"] = world["default"]
-    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
-    emb = StubEmbedder(labels, None)
-    emb._images = image_vectors(world, emb)
-    source = Source(name="fairface", spec="random", kind="fairface",
-                    table=world[["race", "gender", "age"]], fingerprint="0" * 64)
-    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
-    res = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+    res = run_on_labels(world, {"gorilla": u < 0.05, "thief": (u >= 0.05) & (u < 0.10)}, seed)
     assert res.findings == [], [f["message"] for f in res.findings]
 
 
@@ -334,23 +344,13 @@ def test_an_excess_in_half_the_images_is_found():
     """Crime labels on 3% of men and 0.4% of women (the shipped demo model's rates): the
     exact test flags men although their CI overlaps the overall one, which they are half of."""
     rng = np.random.default_rng(0)
-    ages = ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"]
     gender = np.array(["Male", "Female"] * 1000)
     world = pd.DataFrame({"race": rng.choice(RACES, 2000), "gender": gender,
-                          "age": rng.choice(ages, 2000)})
+                          "age": rng.choice(ALL_AGES, 2000)})
     thief = np.zeros(2000, dtype=bool)
     thief[rng.choice(np.flatnonzero(gender == "Male"), 30, replace=False)] = True
     thief[rng.choice(np.flatnonzero(gender == "Female"), 4, replace=False)] = True
-    human = [human_label(r, g) for r, g in zip(world.race, world.gender)]
-    world["default"] = np.where(thief, "thief", human)
-    world["with_child"] = world["default"]
-    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
-    emb = StubEmbedder(labels, None)
-    emb._images = image_vectors(world, emb)
-    source = Source(name="fairface", spec="planted", kind="fairface",
-                    table=world[["race", "gender", "age"]], fingerprint="0" * 64)
-    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=0, device="cpu")
-    res = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+    res = run_on_labels(world, {"thief": thief}, 0)
     (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"]
     ev = finding["evidence"]
     assert (ev["group_by"], ev["group"], ev["value"]) == ("gender", "Male", 0.03)
