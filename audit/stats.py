@@ -270,27 +270,33 @@ def max_skew_null(groups: Sequence, *, k: int, desired: Mapping[str, float],
     return _max_skew_from_counts(draws, q, k)
 
 
-def random_query_max_skew(images: np.ndarray, groups: Sequence, *, ks: Sequence[int],
-                         desired: Mapping[str, float], n_queries: int = 4000, seed: int = 0,
-                         chunk: int = 256) -> dict[int, np.ndarray]:
-    """MaxSkew@k of the rankings that random directions of the embedding space give the same
-    images: {k: (n_queries,)}. Where images cluster by group (every trained CLIP), any query
-    ranks one cluster first, so random *rankings* are the wrong yardstick for a query's skew;
-    random *queries* share the geometry and carry no concept. Isotropic Gaussian directions,
-    seeded; O(images x n_queries)."""
+def random_query_rankings(images: np.ndarray, *, k: int, n_queries: int = 4000, seed: int = 0,
+                          chunk: int = 256) -> np.ndarray:
+    """The top k images (k, n_queries), best first, for random directions of the embedding
+    space. Where images cluster by group (every trained CLIP), any query ranks one cluster
+    first, so random *rankings* are the wrong yardstick for a query's skew; random *queries*
+    share the geometry and carry no concept. Isotropic Gaussian directions, seeded;
+    O(images x n_queries)."""
     images = np.asarray(images, dtype=np.float32)
-    names = list(desired)
-    q = np.array([desired[n] for n in names], dtype=float)
-    codes = np.array([names.index(g) for g in np.asarray(groups).astype(str)])
-    onehot = np.eye(len(names), dtype=np.float32)[codes]
-    n, kmax = len(images), max(ks)
+    n, k = len(images), min(k, len(images))
     rng = _rng(seed)
-    out = {k: [] for k in ks}
+    out = []
     for s in range(0, n_queries, chunk):
         sims = images @ rng.standard_normal((images.shape[1], min(chunk, n_queries - s)), dtype=np.float32)
-        top = np.argpartition(-sims, kmax - 1, axis=0)[:kmax] if kmax < n else np.arange(n)[:, None].repeat(sims.shape[1], 1)
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 0), axis=0, kind="stable"), 0)
-        cum = np.cumsum(onehot[top], axis=0)                  # (kmax, queries, groups)
+        top = np.argpartition(-sims, k - 1, axis=0)[:k] if k < n else np.arange(n)[:, None].repeat(sims.shape[1], 1)
+        out.append(np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 0), axis=0, kind="stable"), 0))
+    return np.concatenate(out, axis=1).astype(np.int32)
+
+
+def max_skew_of_rankings(top: np.ndarray, groups: Sequence, *, ks: Sequence[int],
+                         desired: Mapping[str, float]) -> dict[int, np.ndarray]:
+    """MaxSkew@k of each ranking in `top` (k_max, R) of image indices: {k: (R,)}."""
+    names = list(desired)
+    q = np.array([desired[n] for n in names], dtype=float)
+    onehot = np.eye(len(names), dtype=np.float32)[[names.index(g) for g in np.asarray(groups).astype(str)]]
+    out = {k: [] for k in ks}
+    for s in range(0, top.shape[1], 512):   # (k_max, 512, groups) floats at a time
+        cum = np.cumsum(onehot[top[:, s:s + 512]], axis=0)
         for k in ks:
             out[k].append(_max_skew_from_counts(cum[k - 1], q, k))
     return {k: np.concatenate(v) for k, v in out.items()}

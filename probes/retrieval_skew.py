@@ -74,22 +74,23 @@ class RetrievalSkew:
         weights = zeroshot.classifier(ctx, concepts, templates)
         order = np.argsort(-(img @ weights.T), axis=0, kind="stable")  # (N, C), best first
         ks = sorted({min(int(k), len(img)) for k in cfg.ks if k > 0})
+        queries = (stats.random_query_rankings(img, k=max(ks), n_queries=cfg.n_random_queries, seed=ctx.seed)
+                   if cfg.n_random_queries > 0 and ks else None)
         rows = []
         for attr in cfg.attributes:
             groups = source.table[attr].astype(str).to_numpy()
-            rows += _attribute_rows(groups, order, concepts, ks, attr, cfg, seed=ctx.seed, images=img)
+            rows += _attribute_rows(groups, order, concepts, ks, attr, cfg, seed=ctx.seed, queries=queries)
         findings = _findings(rows, cfg)
         return ProbeResult(status="ok", summary=_summary(rows, len(img), concepts, cfg),
                            rows=rows, findings=findings, config=config_dict(cfg))
 
 
 
-def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed, images) -> list[dict]:
+def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed, queries) -> list[dict]:
+    """`queries`: the random-query rankings shared by every attribute (None: not used)."""
     desired = stats.desired_distribution(groups, kind=cfg.desired)
     cis = _max_skew_cis(groups, order, ks, cfg, seed=seed)
-    queries = (stats.random_query_max_skew(images, groups, ks=ks, desired=desired,
-                                           n_queries=cfg.n_random_queries, seed=seed)
-               if cfg.n_random_queries > 0 else {})
+    queries = {} if queries is None else stats.max_skew_of_rankings(queries, groups, ks=ks, desired=desired)
     rows = []
     for k in ks:
         null = stats.max_skew_null(groups, k=k, desired=desired, n_perm=cfg.n_perm, seed=seed)

@@ -292,14 +292,15 @@ def test_excess_p_value_is_the_hypergeometric_tail(k, n, K, N):
 
 
 def test_random_query_max_skew_equals_ranking_each_direction():
-    from audit.stats import desired_distribution, max_skew_at_k, random_query_max_skew
+    from audit.stats import (desired_distribution, max_skew_at_k, max_skew_of_rankings,
+                             random_query_rankings)
 
     rng = np.random.default_rng(0)
     images = rng.normal(size=(300, 8)).astype(np.float32)
     groups = rng.choice(["a", "b", "c"], 300)
     desired = desired_distribution(groups)
-    got = random_query_max_skew(images, groups, ks=(5, 50, 300), desired=desired, n_queries=40,
-                                seed=3, chunk=16)
+    top = random_query_rankings(images, k=300, n_queries=40, seed=3, chunk=16)
+    got = max_skew_of_rankings(top, groups, ks=(5, 50, 300), desired=desired)
     rng = np.random.default_rng(3)                  # the same draws, chunk by chunk
     dirs = np.hstack([rng.standard_normal((8, c), dtype=np.float32) for c in (16, 16, 8)])
     for j in range(40):
