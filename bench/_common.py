@@ -11,7 +11,6 @@ import platform
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,15 +45,6 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-
-@contextmanager
-def timed(store: dict, key: str):
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        store[key] = time.perf_counter() - t0
 
 
 def headline(name: str, value: float, figures: dict, args) -> None:
