@@ -80,10 +80,12 @@ def test_baseline_table_reading(tmp_path):
 
 class PlantedEmbedder:
     """Clean vectors by content hash; a corrupted copy adds noise growing with severity, scaled
-    per image (planting a group that corruptions hurt more)."""
+    per image (planting a group that corruptions hurt more), plus `drift` times the severity
+    (the same for every image)."""
 
     def __init__(self, vecs, scale):
         self.vecs, self.scale, self.transforms = vecs, scale, []
+        self.drift = np.zeros(D)
 
     def images(self, source, *, transform=None):
         out = []
@@ -96,6 +98,7 @@ class PlantedEmbedder:
             if transform is not None:
                 seed = zlib.crc32(f"{h}:{transform.name}".encode())   # same draw at every severity
                 v += transform.severity * self.scale[h] * np.random.default_rng(seed).normal(size=D) / np.sqrt(D)
+                v += transform.severity * self.drift
             out.append(v / np.linalg.norm(v))
         return np.stack(out)
 
@@ -201,13 +204,36 @@ def test_clean_accuracy_matches_an_oracle(result):
 
 def test_group_drop_finds_the_planted_group(result):
     ctx, emb, res, cfg = result
-    drops = rows_of(res, metric="accuracy_drop", task="fairface:race", corruption="all", group_by="race")
+    drops = rows_of(res, metric="accuracy_drop", task="fairface:gender", corruption="all", group_by="race")
     assert len(drops) == 7 and all(r["n"] == 40 for r in drops)
     assert max(drops, key=lambda r: r["value"])["group"] == "Black"
-    f = [f for f in res.findings if f["evidence"]["task"] == "fairface:race"]
-    assert f and f[0]["evidence"]["most_hurt"] == "Black"
-    # no planted gender difference: no gender finding
-    assert not [f for f in res.findings if f["evidence"]["group_by"] == "gender"]
+    # corruptions hurt Black faces' gender accuracy more: the one finding, with the other
+    # images' drop equal to the n-weighted mean of the other races' rows
+    assert [(f["evidence"]["task"], f["evidence"]["group"]) for f in res.findings] == [("fairface:gender", "Black")]
+    ev = res.findings[0]["evidence"]
+    black = [r for r in drops if r["group"] == "Black"][0]
+    rest = [r for r in drops if r["group"] != "Black"]
+    assert ev["drop"] == [black["value"], black["ci_low"], black["ci_high"]]
+    assert ev["drop_rest"] == pytest.approx(sum(r["value"] * r["n"] for r in rest) / sum(r["n"] for r in rest))
+    # 7 races (gender task) + 2 genders (race task) tested: Bonferroni over 9
+    assert ev["p_cutoff"] == pytest.approx(cfg.alpha / 9) and ev["p"] < ev["p_cutoff"]
+    # race accuracy by race is per-class recall: reported, never tested
+    by_own = rows_of(res, metric="accuracy_drop", task="fairface:race", corruption="all", group_by="race")
+    assert max(by_own, key=lambda r: r["value"])["group"] == "Black"
+
+
+def test_per_class_recall_under_corruption_is_no_finding():
+    """Corruptions move every face alike, towards the White direction. Race accuracy by race
+    (per-class recall) then falls for every race but White, with 95% CIs apart: no group
+    effect, only the task's own classes, and nothing is flagged."""
+    ctx, emb = planted()
+    emb.scale.update({h: 0.6 for h in ctx.sources["fairface"]._hashes})
+    emb.drift = 0.3 * BASIS["White"]
+    res = DistributionShift().run(ctx, DistributionShift.Config(subsample=280, n_boot=200))
+    drops = rows_of(res, metric="accuracy_drop", task="fairface:race", corruption="all", group_by="race")
+    most, least = max(drops, key=lambda r: r["value"]), min(drops, key=lambda r: r["value"])
+    assert least["group"] == "White" and most["ci_low"] > least["ci_high"]
+    assert res.findings == []
 
 
 def test_natural_shift_rows(result):
