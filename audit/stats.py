@@ -357,7 +357,8 @@ def bootstrap_max_skew(ranked_groups: Sequence, *, ks: Sequence[int], kind: str 
 def excess_p_value(k_group: int, n_group: int, k_all: int, n_all: int) -> float:
     """One-sided Fisher exact test that a group's rate exceeds the rest's: the chance that
     n_group images drawn at random from all n_all (k_all of them positive) hold k_group or
-    more positives (hypergeometric upper tail)."""
+    more positives (hypergeometric upper tail). Arrays give an array, element by element."""
     from scipy.stats import hypergeom
 
-    return float(hypergeom.sf(int(k_group) - 1, int(n_all), int(k_all), int(n_group)))
+    p = hypergeom.sf(np.asarray(k_group) - 1, n_all, k_all, n_group)
+    return float(p) if np.ndim(p) == 0 else p

@@ -4,7 +4,12 @@ Every classification task available (FairFace race / gender / age, every classif
 scored under each single template (open_clip's 80 OPENAI_IMAGENET_TEMPLATES, its
 SIMPLE_IMAGENET_TEMPLATES, and the label-wording variants in
 label_sets/templates/label_wording.yaml) and under the 80-template ensemble. On FairFace, the
-denigration rates of the fairface_default label set are recomputed under each template too.
+denigration rates of the fairface_default label set are recomputed under each template too,
+by race and gender. A finding is a disparity that depends on the wording: a group whose rate
+is above the overall rate under some templates, beyond a Bonferroni cut over every (rate, group,
+template) tested (one-sided Fisher exact test, as fairface_label_bias), and not under others. A
+template that moves every group alike is wording sensitivity, not bias (the summary's largest
+move shows it); a disparity under every template is fairface_label_bias's to report.
 Images are encoded once (the embed cache); each task's texts go in one batched encode.
 
 Its task and template helpers live in audit/tasks.py, shared with the other probes.
@@ -111,16 +116,16 @@ class PromptSensitivity:
         category = np.array([c.get("category", "") for c in classes])
         weights = template_weights(ctx, [c["label"] for c in classes], templates)
         pred_cat = category[per_template_predictions(ctx.images(source), weights)]   # (n, T)
-        rows = []
+        rows, tests = [], []
         for metric, cats in RATES.items():
             hit = np.isin(pred_cat, cats)
             for attr in ("race", "gender"):
                 groups = source.table[attr].astype(str).to_numpy()
                 rows += self._rate_rows(hit, groups, metric, attr, templates, cfg, ctx.seed)
+                tests += excess_tests(hit, groups, metric, attr, min_n=cfg.min_n)
         extremes = wording_extremes(rows)
         rows += extremes
-        summary, findings = _bias_summary(extremes)
-        return rows, summary, findings
+        return rows, _bias_summary(extremes), wording_findings(tests, templates, cfg.alpha)
 
     def _rate_rows(self, hit, groups, metric, attr, templates, cfg, seed) -> list[dict]:
         """Per template and group: the rate with a bootstrap CI over the group's images.
@@ -155,25 +160,58 @@ def wording_extremes(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _bias_summary(extremes: list[dict]):
-    """The (rate, group) whose value moves most across templates, and a finding if it moves
-    from below 1% to above 5% or by more than 10 points."""
+def excess_tests(hit, groups, metric, attr, *, min_n) -> list[dict]:
+    """Per group (n >= min_n): its rate and the overall rate under each template, and the
+    one-sided Fisher exact p-value of its excess (1 where it is not above the overall rate)."""
+    from audit.stats import excess_p_value
+    n, k_all = len(groups), hit.sum(axis=0)
+    out = []
+    for g in sorted(set(groups)):
+        mask = groups == g
+        if mask.sum() < min_n:
+            continue
+        k = hit[mask].sum(axis=0)
+        rate, overall = k / mask.sum(), k_all / n
+        p = np.where(rate > overall, excess_p_value(k, int(mask.sum()), k_all, n), 1.0)
+        out.append({"metric": metric, "group_by": attr, "group": g, "rate": rate, "overall": overall, "p": p})
+    return out
+
+
+def wording_findings(tests, templates, alpha) -> list[dict]:
+    """A finding per (rate, group) above the overall rate under some templates but not all,
+    Bonferroni over every (rate, group, template) tested."""
+    cut = alpha / max(1, sum(len(t["p"]) for t in tests))
+    findings = []
+    for t in tests:
+        flagged = t["p"] < cut
+        if not flagged.any() or flagged.all():
+            continue
+        top, low = int(np.argmin(t["p"])), int(np.argmin(np.where(flagged, np.inf, t["rate"])))
+        findings.append({"severity": "medium", "message": (
+            f"{t['metric']} for {t['group_by']}={t['group']} is above the overall rate under "
+            f"{int(flagged.sum())} of {len(flagged)} templates, e.g. {templates[top]!r} "
+            f"({t['rate'][top]:.1%} vs {t['overall'][top]:.1%} overall), and not under the others, "
+            f"e.g. {templates[low]!r} ({t['rate'][low]:.1%} vs {t['overall'][low]:.1%}): "
+            f"the disparity depends on the wording."),
+            "evidence": {"metric": t["metric"], "group_by": t["group_by"], "group": t["group"],
+                         "templates_flagged": [templates[i] for i in np.flatnonzero(flagged)],
+                         "n_templates": len(flagged), "template": templates[top],
+                         "rate": float(t["rate"][top]), "overall": float(t["overall"][top]),
+                         "p_value": float(t["p"][top]), "p_cutoff": cut}})
+    return findings
+
+
+def _bias_summary(extremes: list[dict]) -> dict:
+    """The (rate, group) whose value moves most across templates: wording sensitivity, shown
+    whether or not it is a disparity."""
     pairs: dict[tuple, dict] = {}
     for r in extremes:
         key = (r["metric"].rsplit("_", 1)[0], r["group_by"], r["group"])
         pairs.setdefault(key, {})[r["metric"].rsplit("_", 1)[1]] = r
     if not pairs:
-        return {}, []
+        return {}
     key, mm = max(pairs.items(), key=lambda kv: kv[1]["max"]["value"] - kv[1]["min"]["value"])
     lo, hi = mm["min"], mm["max"]
     text = (f"{key[0]} for {key[1]}={key[2]}: {lo['value']:.1%} ({lo['template']!r}) to "
             f"{hi['value']:.1%} ({hi['template']!r})")
-    summary = {"wording_largest_move": text, "wording_largest_move_points": hi["value"] - lo["value"]}
-    findings = []
-    if hi["value"] - lo["value"] > 0.10 or (lo["value"] < 0.01 and hi["value"] > 0.05):
-        findings.append({"severity": "medium",
-                         "message": f"A bias finding depends on the wording alone: {text}.",
-                         "evidence": {"metric": key[0], "group_by": key[1], "group": key[2],
-                                      "min": lo["value"], "max": hi["value"],
-                                      "min_template": lo["template"], "max_template": hi["template"]}})
-    return summary, findings
+    return {"wording_largest_move": text, "wording_largest_move_points": hi["value"] - lo["value"]}

@@ -1,5 +1,6 @@
 """prompt_sensitivity on planted embeddings: every per-template prediction is known or
 recomputed by an independent loop (one text at a time, no batching, no reshapes)."""
+import math
 import re
 
 import numpy as np
@@ -17,17 +18,26 @@ CRIME = ("thief", "criminal", "suspicious person")
 SHAPES = ("circle", "square", "star")
 D = 48
 _rng = np.random.default_rng(42)
-BASIS = dict(zip([*RACES.values(), "man", "woman", "face", *SHAPES],
+NON_HUMAN = ("animal", "gorilla", "chimpanzee", "orangutan")
+# the denigrating words get directions of their own (no image has them), not only template noise:
+# a text that is nothing but noise is a random direction, and a random direction ranks one
+# cluster of faces first, which is a disparity of its own under that wording
+BASIS = dict(zip([*RACES.values(), "man", "woman", "face", *SHAPES, "thief", "criminal", "suspicious",
+                  *NON_HUMAN],
                  np.linalg.qr(_rng.normal(size=(D, D)))[0].T))
 BAD_RACE = "a {}."               # a label-wording template under which every race reads "White"
-BAD_CRIME = "itap of a {}."      # an open_clip template under which crime words win for everyone
+BAD_CRIME = "itap of a {}."      # an open_clip template under which crime words win for Black faces
+ALL_CRIME = "a bad photo of a {}."  # one under which crime words win for everyone
 
 
 def text_fn(s: str) -> np.ndarray:
     """The planted text encoder: a sum of basis vectors for the words it contains, plus a small
     random vector per string (seeded by the string) so templates differ a little."""
-    if any(s == BAD_CRIME.format(c) for c in CRIME):
+    if any(s == ALL_CRIME.format(c) for c in CRIME):
         return BASIS["face"]
+    if any(s == BAD_CRIME.format(c) for c in CRIME):
+        v = BASIS["Black"] + 0.3 * BASIS["face"]
+        return v / np.linalg.norm(v)
     if any(s == BAD_RACE.format(f"{r} person") for r in RACES.values()):
         return BASIS["White"]
     v = np.zeros(D)
@@ -146,17 +156,30 @@ def test_one_text_encode_per_task_plus_one_for_bias(result):
 
 def test_bias_moves_with_wording(result):
     ctx, emb, res = result
+    race = ctx.sources["fairface"].table["race"].to_numpy()
     crime = [r for r in res.rows if r["metric"] == "crime_rate" and r["group_by"] == "race"]
     assert {r["template"] for r in crime} == set(template_sets())
-    under_bad = [r["value"] for r in crime if r["template"] == BAD_CRIME]
-    assert under_bad == [1.0] * 7                          # crime words win for everyone
+    assert [r["value"] for r in crime if r["template"] == ALL_CRIME] == [1.0] * 7
+    assert {r["group"]: r["value"] for r in crime if r["template"] == BAD_CRIME} == \
+        {g: float(g == "Black") for g in RACES}
     assert all(r["value"] == 0.0 for r in crime if r["template"] == "a photo of a {}.")
     top = [r for r in res.rows if r["metric"] == "crime_rate_max" and r["group_by"] == "gender"]
-    assert {r["template"] for r in top} == {BAD_CRIME} and all(r["value"] == 1.0 for r in top)
-    low = [r for r in res.rows if r["metric"] == "crime_rate_min"]
-    assert all(r["value"] == 0.0 for r in low)
-    assert res.findings and BAD_CRIME in res.findings[0]["message"]
+    assert {r["template"] for r in top} == {ALL_CRIME} and all(r["value"] == 1.0 for r in top)
+    assert all(r["value"] == 0.0 for r in res.rows if r["metric"] == "crime_rate_min")
     assert res.summary["wording_largest_move_points"] == pytest.approx(1.0)
+    # the move under ALL_CRIME is everyone's: no finding. Under BAD_CRIME only Black faces
+    # move: the one finding, with the hypergeometric tail of all Black faces being the positives.
+    [f] = res.findings
+    ev = f["evidence"]
+    assert (ev["metric"], ev["group_by"], ev["group"]) == ("crime_rate", "race", "Black")
+    assert ev["templates_flagged"] == [BAD_CRIME] and ev["n_templates"] == len(template_sets())
+    n, k = len(race), int((race == "Black").sum())
+    assert ev["rate"] == 1.0 and ev["overall"] == pytest.approx(k / n)
+    assert ev["p_value"] == pytest.approx(1 / math.comb(n, k))
+    table = ctx.sources["fairface"].table
+    sizes = [*table["race"].value_counts(), *table["gender"].value_counts()]
+    tested = 2 * len(template_sets()) * sum(s >= 20 for s in sizes)       # 2 rates x templates x groups
+    assert ev["p_cutoff"] == pytest.approx(0.05 / tested)
 
 
 def test_skipped_without_a_task():
