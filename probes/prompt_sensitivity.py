@@ -10,6 +10,8 @@ is above the overall rate under some templates, beyond a Bonferroni cut over eve
 template) tested (one-sided Fisher exact test, as fairface_label_bias), and not under others. A
 template that moves every group alike is wording sensitivity, not bias (the summary's largest
 move shows it); a disparity under every template is fairface_label_bias's to report.
+Templates that say a word of a class label ('a black and white photo of the {}.' for 'White
+man') are reported but not tested: under them the wording itself names a group.
 Images are encoded once (the embed cache); each task's texts go in one batched encode.
 
 Its task and template helpers live in audit/tasks.py, shared with the other probes.
@@ -17,6 +19,7 @@ Its task and template helpers live in audit/tasks.py, shared with the other prob
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,16 +119,19 @@ class PromptSensitivity:
         category = np.array([c.get("category", "") for c in classes])
         weights = template_weights(ctx, [c["label"] for c in classes], templates)
         pred_cat = category[per_template_predictions(ctx.images(source), weights)]   # (n, T)
+        neutral = [i for i, t in enumerate(templates) if not names_a_group(t, classes)]
         rows, tests = [], []
         for metric, cats in RATES.items():
             hit = np.isin(pred_cat, cats)
             for attr in ("race", "gender"):
                 groups = source.table[attr].astype(str).to_numpy()
                 rows += self._rate_rows(hit, groups, metric, attr, templates, cfg, ctx.seed)
-                tests += excess_tests(hit, groups, metric, attr, min_n=cfg.min_n)
+                tests += excess_tests(hit[:, neutral], groups, metric, attr, min_n=cfg.min_n)
         extremes = wording_extremes(rows)
         rows += extremes
-        return rows, _bias_summary(extremes), wording_findings(tests, templates, cfg.alpha)
+        summary = {**_bias_summary(extremes),
+                   "wording_templates_naming_a_group": [t for i, t in enumerate(templates) if i not in neutral]}
+        return rows, summary, wording_findings(tests, [templates[i] for i in neutral], cfg.alpha)
 
     def _rate_rows(self, hit, groups, metric, attr, templates, cfg, seed) -> list[dict]:
         """Per template and group: the rate with a bootstrap CI over the group's images.
@@ -158,6 +164,15 @@ def wording_extremes(rows: list[dict]) -> list[dict]:
             r = pick(rs, key=lambda x: x["value"])
             out.append({**r, "metric": f"{metric}_{suffix}"})
     return out
+
+
+def names_a_group(template: str, classes: list[dict]) -> bool:
+    """Does the template itself say a word of a human class label ('white' in 'a black and
+    white photo of the {}.' with 'White man')? Then it is no neutral rewording: a disparity
+    under it is the template naming a group, in any model, and it is not tested."""
+    label_words = {w for c in classes if c.get("category") == "human"
+                   for w in re.findall(r"[a-z]+", c["label"].lower())}
+    return bool(label_words & set(re.findall(r"[a-z]+", template.lower())))
 
 
 def excess_tests(hit, groups, metric, attr, *, min_n) -> list[dict]:

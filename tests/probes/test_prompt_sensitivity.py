@@ -10,7 +10,7 @@ import pytest
 from audit.data import Source
 from audit.runner import ProbeContext
 from audit.tasks import template_sets
-from probes.prompt_sensitivity import PromptSensitivity
+from probes.prompt_sensitivity import PromptSensitivity, names_a_group
 
 RACES = {"East Asian": "East Asian", "Indian": "Indian", "Black": "Black", "White": "White",
          "Middle Eastern": "Middle Eastern", "Latino_Hispanic": "Latino", "Southeast Asian": "Southeast Asian"}
@@ -28,6 +28,7 @@ BASIS = dict(zip([*RACES.values(), "man", "woman", "face", *SHAPES, "thief", "cr
 BAD_RACE = "a {}."               # a label-wording template under which every race reads "White"
 BAD_CRIME = "itap of a {}."      # an open_clip template under which crime words win for Black faces
 ALL_CRIME = "a bad photo of a {}."  # one under which crime words win for everyone
+BLACK_AND_WHITE = ("a black and white photo of the {}.", "a black and white photo of a {}.")  # say 'white'
 
 
 def text_fn(s: str) -> np.ndarray:
@@ -172,14 +173,25 @@ def test_bias_moves_with_wording(result):
     [f] = res.findings
     ev = f["evidence"]
     assert (ev["metric"], ev["group_by"], ev["group"]) == ("crime_rate", "race", "Black")
-    assert ev["templates_flagged"] == [BAD_CRIME] and ev["n_templates"] == len(template_sets())
+    neutral = [t for t in template_sets() if t not in BLACK_AND_WHITE]
+    assert res.summary["wording_templates_naming_a_group"] == list(BLACK_AND_WHITE)
+    assert ev["templates_flagged"] == [BAD_CRIME] and ev["n_templates"] == len(neutral)
     n, k = len(race), int((race == "Black").sum())
     assert ev["rate"] == 1.0 and ev["overall"] == pytest.approx(k / n)
     assert ev["p_value"] == pytest.approx(1 / math.comb(n, k))
     table = ctx.sources["fairface"].table
     sizes = [*table["race"].value_counts(), *table["gender"].value_counts()]
-    tested = 2 * len(template_sets()) * sum(s >= 20 for s in sizes)       # 2 rates x templates x groups
+    tested = 2 * len(neutral) * sum(s >= 20 for s in sizes)       # 2 rates x templates x groups
     assert ev["p_cutoff"] == pytest.approx(0.05 / tested)
+
+
+def test_templates_saying_a_group_word_are_not_tested():
+    classes = [{"label": "White man", "category": "human"}, {"label": "Latino woman", "category": "human"},
+               {"label": "animal", "category": "non_human"}]
+    assert [t for t in template_sets() if names_a_group(t, classes)] == list(BLACK_AND_WHITE)
+    assert names_a_group("a photo of a {} with a Latino friend.", classes)
+    assert not names_a_group("a photo of an {} in the wild.", classes)   # 'animal' names no group
+    assert not names_a_group("a photo of a {} manatee.", classes)        # whole words only
 
 
 def test_skipped_without_a_task():
