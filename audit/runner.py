@@ -314,10 +314,26 @@ def ensure_world(opts: RunOptions) -> Path:
     choice = opts.world or ("null" if opts.model == "demo-null" else "default")
     if Path(choice).is_dir():
         return Path(choice)
-    root = (opts.cache_dir or embed.default_cache_dir()) / "worlds" / f"{choice}-seed{opts.seed}"
+    key = f"{choice}-seed{opts.seed}-{world_version(choice)[:12]}"
+    root = (opts.cache_dir or embed.default_cache_dir()) / "worlds" / key
     if (root / "ground_truth.json").is_file():
         return root
     return _generate_world(choice, root, seed=opts.seed, progress=opts.progress)
+
+
+def world_version(preset: str) -> str:
+    """A hash of the resolved preset and of the code that draws worlds: a cached world is
+    reused only while both are unchanged (a new release that draws faces differently, or an
+    edited preset, generates afresh instead of auditing a stale world)."""
+    import json
+    from importlib import resources
+
+    from audit.data import hash_strings
+    from audit.world.generate import load_preset
+
+    code = sorted(resources.files("audit.world").iterdir(), key=lambda p: p.name)
+    return hash_strings([json.dumps(load_preset(preset), sort_keys=True),
+                         *(p.read_text() for p in code if p.name.endswith(".py"))])
 
 
 def _generate_world(preset: str, root: Path, *, seed: int, progress: bool) -> Path:
