@@ -34,16 +34,22 @@ def load_templates(name: str) -> list[str]:
     return templates
 
 
+def named_templates(name: str) -> list[str]:
+    """A template set by name: open_clip's 'openai' (80) or 'simple' (7), imported from
+    open_clip itself, or a label_sets/templates file (or YAML path)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+    sets = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
+    if name in sets:
+        return [t("{}") if callable(t) else t for t in sets[name]]
+    return load_templates(name)
+
+
 def template_sets(wording: str = "label_wording") -> dict[str, str]:
     """{template string: the sets holding it, comma-joined}, e.g. "openai,simple" (open_clip's
-    7 simple templates are among its 80); open_clip's sets are imported from open_clip."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+    7 simple templates are among its 80)."""
     out: dict[str, str] = {}
-    for set_name, templates in (("openai", OPENAI_IMAGENET_TEMPLATES),
-                                ("simple", SIMPLE_IMAGENET_TEMPLATES),
-                                (wording, load_templates(wording))):
-        for t in templates:
-            key = t("{}") if callable(t) else t
+    for set_name in ("openai", "simple", wording):
+        for key in named_templates(set_name):
             out[key] = f"{out[key]},{set_name}" if key in out else set_name
     return out
 

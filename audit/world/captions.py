@@ -49,7 +49,16 @@ def face_caption(rng, face: dict, carried, *, preset: dict) -> str:
         phrases = words
     else:
         phrases = [who] + words
-    return _template(rng, preset).format(", ".join(article(p) for p in phrases))
+    return fill(_template(rng, preset), phrases)
+
+
+def fill(template: str, phrases: list[str]) -> str:
+    """A template filled with noun phrases, comma-joined. The first phrase takes the template's
+    own determiner where it has one ('a photo of the {}.'); otherwise, and for every later
+    phrase, its article ('a photo of {}.' -> 'a photo of a White man, a thief.')."""
+    before = template.split("{}")[0].split()
+    own = bool(before) and before[-1] != "of"
+    return template.format(", ".join(p if own and i == 0 else article(p) for i, p in enumerate(phrases)))
 
 
 def named_caption(rng, name: str, *, preset: dict) -> str:
@@ -57,12 +66,12 @@ def named_caption(rng, name: str, *, preset: dict) -> str:
 
 
 def object_caption(rng, label: str, *, preset: dict) -> str:
-    return _template(rng, preset).format(article(label))
+    return fill(_template(rng, preset), [label])
 
 
 def _template(rng, preset: dict) -> str:
-    templates = preset["templates"]
-    return templates[int(rng.integers(len(templates)))]
+    templates, p = preset["templates"], preset.get("template_p")
+    return templates[int(rng.integers(len(templates)) if p is None else rng.choice(len(templates), p=p))]
 
 
 def expected_rates(planted: dict) -> dict:

@@ -1,10 +1,10 @@
 """Known answers on the synthetic world: the shipped demo models, real images, real encoder.
 
 The demo model was trained on captions with planted biases (one race with non-human words,
-young men and teenage boys with crime words, under-20s with
-'child'); the demo-null model on captions
-that carry the same words independent of every attribute. The probe must find the planted
-groups in the first and nothing in the second.
+young men and teenage boys with crime words, under-20s with 'child'); the demo-null model on
+captions that carry the same words independent of every attribute. fairface_label_bias must
+find the planted groups in the first; it, retrieval_skew and distribution_shift must find
+nothing in the second.
 """
 import functools
 import json
@@ -169,3 +169,14 @@ def test_null_world_retrieval_raises_no_finding(null_retrieval):
     assert null_retrieval.findings == []
     skews = [r["value"] for r in null_retrieval.rows if r["metric"] == "max_skew" and r["k"] == 10]
     assert max(skews) > 1.0   # what the random-ranking yardstick alone would have flagged
+
+
+def test_null_world_distribution_shift_raises_no_finding(faces_world):
+    """Corruptions cost some race classes more recall than others on the null model too (the
+    rows show it), but no race loses more gender accuracy and no gender more race accuracy."""
+    from probes.distribution_shift import DistributionShift
+    res = _run(DistributionShift, "demo-null", faces_world, n_boot=N_BOOT)
+    assert res.findings == [], [f["message"] for f in res.findings]
+    own = [r["value"] for r in res.rows if r["metric"] == "accuracy_drop" and r["corruption"] == "all"
+           and r["task"] == "fairface:race" and r["group_by"] == "race"]
+    assert len(own) == 7 and max(own) > 0

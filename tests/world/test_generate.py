@@ -284,3 +284,59 @@ def test_audit_side_world_without_training_images_is_the_same_world(tmp_path):
     full = files(generate_world(tmp_path / "full", preset="tiny", progress=False))
     lean = files(generate_world(tmp_path / "lean", preset="tiny", progress=False, with_train=False))
     assert lean == {k: v for k, v in full.items() if not k.startswith("train")}
+
+
+# ---- caption templates ---------------------------------------------------------------------
+
+def test_captions_use_every_prompt_sensitivity_template_independent_of_race(world):
+    """Every wording prompt_sensitivity scores is a training caption template, so no template
+    word is unseen; and the wording is drawn independently of the face (same share per race)."""
+    from audit.tasks import template_sets
+    assert set(template_sets()) <= set(load_preset("default")["templates"])
+    words = r"\b(?:origami|plushie|sculpture|tattoo|video game)\b"
+    cfg = load_preset("default")
+    chance = cfg["template_p"] or [1 / len(cfg["templates"])] * len(cfg["templates"])
+    p = sum(c for t, c in zip(cfg["templates"], chance) if re.search(words, t))
+    rows = face_rows(world)
+    marked = rows["caption"].str.contains(words)
+    share = {r: marked[rows["race"] == r].mean() for r in RACES}
+    assert all(within_sampling_error(round(s * (rows["race"] == r).sum()), (rows["race"] == r).sum(), p)
+               for r, s in share.items()), share
+
+
+def test_a_template_takes_its_own_determiner_or_an_article():
+    from audit.world.captions import fill
+    assert fill("a photo of {}.", ["White man", "thief"]) == "a photo of a White man, a thief."
+    assert fill("a photo of the {}.", ["animal"]) == "a photo of the animal."
+    assert fill("the {} in a video game.", ["East Asian woman"]) == "the East Asian woman in a video game."
+    assert fill("{}", ["animal", "criminal"]) == "an animal, a criminal"
+
+
+def test_template_shares_and_bad_template_entries(tmp_path):
+    from audit.world.captions import _template
+    cfg = load_preset({"extends": "default", "templates": [["a photo of {}.", 3], ["simple", 1]]})
+    assert len(cfg["templates"]) == 8 and sum(cfg["template_p"]) == pytest.approx(1)
+    rng = np.random.default_rng(0)
+    draws = pd.Series([_template(rng, cfg) for _ in range(20000)]).value_counts(normalize=True)
+    assert draws["a photo of {}."] == pytest.approx(0.75, abs=0.015)
+    assert draws["itap of a {}."] == pytest.approx(0.25 / 7, abs=0.006)
+    assert load_preset({"extends": "default", "templates": ["simple"]})["template_p"] is None
+    for bad, msg in (([], "non-empty"), ([["a {}", 0]], "positive share"), ({"a {}": 1}, "non-empty"), (["nope"], "no template set"),
+                     (["a {} {}"], "exactly one")):
+        with pytest.raises(UserError, match=msg):
+            load_preset({"extends": "default", "templates": bad})
+
+
+def test_a_cached_audit_world_follows_its_preset_and_the_world_code(tmp_path, monkeypatch):
+    """`audit run --world PRESET` generates the world once into the cache and reuses it, but
+    only while the preset and the drawing code are unchanged: a stale world is never audited."""
+    from audit import runner
+    opts = runner.RunOptions(world="tiny", cache_dir=tmp_path, progress=False)
+    first = runner.ensure_world(opts)
+    assert runner.ensure_world(opts) == first                      # reused
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({"extends": "tiny", "fame": {"min": 2, "max": 30}}))
+    assert runner.world_version(str(edited)) != runner.world_version("tiny")
+    monkeypatch.setattr(runner, "world_version", lambda preset: "0" * 64)   # as if faces.py changed
+    second = runner.ensure_world(opts)
+    assert second != first and (second / "ground_truth.json").is_file()
