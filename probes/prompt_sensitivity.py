@@ -31,6 +31,7 @@ from audit.results import ProbeResult, config_dict, row
 
 log = logging.getLogger(__name__)
 RATES = {"crime_rate": ("crime",), "non_human_rate": ("non_human",)}
+WORDS = {"crime_rate": "as crime-related", "non_human_rate": "as non-human"}
 
 
 def spread(acc: np.ndarray) -> dict:
@@ -203,8 +204,8 @@ def wording_findings(tests, templates, alpha) -> list[dict]:
             continue
         top, low = int(np.argmin(t["p"])), int(np.argmin(np.where(flagged, np.inf, t["rate"])))
         findings.append({"severity": "medium", "message": (
-            f"{t['metric']} for {t['group_by']}={t['group']} is above the overall rate under "
-            f"{int(flagged.sum())} of {len(flagged)} templates, e.g. {templates[top]!r} "
+            f"{t['group']} faces are classified {WORDS[t['metric']]} more often than faces overall "
+            f"under {int(flagged.sum())} of {len(flagged)} templates, e.g. {templates[top]!r} "
             f"({t['rate'][top]:.1%} vs {t['overall'][top]:.1%} overall), and not under the others, "
             f"e.g. {templates[low]!r} ({t['rate'][low]:.1%} vs {t['overall'][low]:.1%}): "
             f"the disparity depends on the wording."),
