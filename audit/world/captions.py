@@ -42,14 +42,23 @@ def article(phrase: str) -> str:
 
 def face_caption(rng, face: dict, carried, *, preset: dict) -> str:
     """'replace': a carried word stands in for the demographic phrase; 'append': it follows it."""
-    vocab = preset["vocab"]
-    who = f"{vocab['race'][face['race']]} {vocab['gender'][face['gender']]}"
+    who = f"{preset['vocab']['race'][face['race']]} {_gender_word(rng, face, preset['vocab'])}"
     words = [str(rng.choice(preset["planted"][c]["words"])) for c in carried]
     if preset["caption_style"] == "replace" and words:
         phrases = words
     else:
         phrases = [who] + words
     return fill(_template(rng, preset), phrases)
+
+
+def _gender_word(rng, face: dict, vocab: dict) -> str:
+    """'man' or 'woman', or for vocab.neutral's share of captions its word ('a Black person'):
+    the probes' race prompts say 'person' (fairface_tasks), and a word no caption says keeps an
+    untrained embedding that leans to one gender, so race is read well for only one of them."""
+    neutral = vocab.get("neutral")
+    if neutral and rng.random() < neutral["share"]:
+        return neutral["word"]
+    return vocab["gender"][face["gender"]]
 
 
 def fill(template: str, phrases: list[str]) -> str:

@@ -140,6 +140,10 @@ def _validate(cfg: dict, where: str) -> None:
         missing = set(values) - set(cfg["vocab"].get(attr, {})) if attr != "age" else set()
         if missing:
             raise UserError(f"{where}: vocab.{attr} lacks {sorted(missing)}")
+    neutral = cfg["vocab"].get("neutral")
+    if neutral is not None and not (isinstance(neutral, dict) and isinstance(neutral.get("word"), str)
+                                    and isinstance(neutral.get("share"), (int, float)) and 0 <= neutral["share"] <= 1):
+        raise UserError(f"{where}: vocab.neutral needs a 'word' and a 'share' in [0, 1]")
     for name, spec in cfg["planted"].items():
         _check_category(name, spec, where)
 

@@ -304,6 +304,22 @@ def test_captions_use_every_prompt_sensitivity_template_independent_of_race(worl
                for r, s in share.items()), share
 
 
+def test_some_captions_say_person_for_either_gender(world):
+    """The race prompts say 'Black person' (fairface_tasks): the default preset's neutral share
+    of face captions teaches the word, for men and women alike."""
+    from audit.tasks import _read_yaml
+    neutral = load_preset("default")["vocab"]["neutral"]
+    assert neutral["word"] in _read_yaml("fairface_tasks")["tasks"]["race"]["Black"].split()
+    rows = face_rows(world)
+    named = rows[~rows[list(WORDS)].any(axis=1)]          # captions that name the group
+    said = named["caption"].str.contains(r"\bperson\b")
+    for g in GENDERS:
+        mine = said[named["gender"] == g]
+        assert within_sampling_error(int(mine.sum()), len(mine), neutral["share"]), (g, mine.mean())
+    with pytest.raises(UserError, match="vocab.neutral"):
+        load_preset({"extends": "default", "vocab": {"neutral": {"word": "person", "share": 2}}})
+
+
 def test_a_template_takes_its_own_determiner_or_an_article():
     from audit.world.captions import fill
     assert fill("a photo of {}.", ["White man", "thief"]) == "a photo of a White man, a thief."
