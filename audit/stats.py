@@ -104,6 +104,19 @@ def paired_bootstrap_diff(a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, s
     return bootstrap_rate(a - b, n_boot=n_boot, seed=seed, alpha=alpha)
 
 
+def bootstrap_diff_of_means(a: np.ndarray, b: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                            alpha: float = 0.05):
+    """mean(a) - mean(b) for two independent samples, each resampled on its own (a stratified
+    bootstrap), with a percentile CI."""
+    a, b = (np.asarray(x, dtype=float).ravel() for x in (a, b))
+    value = float(a.mean() - b.mean())
+    if n_boot <= 0:
+        return value, None, None
+    rng = _rng(seed)
+    lo, hi = percentile_ci(_bootstrap_means(a, n_boot, rng) - _bootstrap_means(b, n_boot, rng), alpha=alpha)
+    return value, float(lo), float(hi)
+
+
 def _binary(indicator) -> np.ndarray:
     x = np.asarray(indicator)
     if x.dtype != bool and not np.isin(x, (0, 1)).all():

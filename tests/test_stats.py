@@ -80,6 +80,18 @@ def test_paired_diff_is_narrower_than_unpaired():
     assert hi - lo < 0.7 * (unpaired[1] - unpaired[0])
 
 
+def test_diff_of_means_ci_matches_the_welch_interval():
+    """Two independent samples, each resampled on its own: the bootstrap interval of the
+    difference of means is close to the normal (Welch) interval computed by hand."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random(800) < 0.12, rng.random(1500) < 0.05
+    value, lo, hi = stats.bootstrap_diff_of_means(a, b, n_boot=4000, seed=0)
+    se = math.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert value == pytest.approx(a.mean() - b.mean())
+    assert lo == pytest.approx(value - 1.96 * se, abs=0.004) and hi == pytest.approx(value + 1.96 * se, abs=0.004)
+    assert stats.bootstrap_diff_of_means(a, b, n_boot=0)[1:] == (None, None)
+
+
 def test_paired_diff_rejects_unequal_lengths():
     with pytest.raises(ValueError):
         stats.paired_bootstrap_diff(np.ones(3), np.ones(4))

@@ -203,6 +203,12 @@ def test_child_effect_is_the_paired_difference(result, world):
     assert rows["0-2"]["ci_high"] < 0  # 30 points planted on 140 images
     (band,) = rows_of(result, metric="child_effect", group_by="age_band")
     assert band["value"] == pytest.approx(-0.3) and band["ci_low"] < -0.3 < band["ci_high"]
+    change = df_child.denigration_rate.astype(float) - df_default.denigration_rate
+    young = world.age.isin(["0-2", "3-9", "10-19"])
+    (beyond,) = rows_of(result, metric="child_effect_beyond_adults")
+    assert beyond["value"] == pytest.approx(change[young].mean() - change[~young].mean())
+    assert beyond["adult_change"] == pytest.approx(change[~young].mean())
+    assert beyond["n"] == young.sum() and beyond["n_adults"] == (~young).sum() and beyond["ci_high"] < 0
 
 
 def test_findings_name_the_planted_groups(result):
@@ -221,24 +227,26 @@ def test_findings_name_the_planted_groups(result):
     assert "30.0%" in child["message"] and "0.0%" in child["message"]
 
 
-@pytest.mark.parametrize("value, ci, found", [
-    (-0.30, (-0.36, -0.25), True),
-    (-0.02, (-0.03, -0.01), False),  # significant but tiny: adding any class does that
-    (-0.10, (-0.21, 0.01), False),   # large but the CI holds zero
-    (0.08, (0.06, 0.10), True),      # the label set made it worse: still reported
+@pytest.mark.parametrize("value, ci, beyond_ci, found", [
+    (-0.30, (-0.36, -0.25), (-0.36, -0.24), True),
+    (-0.02, (-0.03, -0.01), (-0.02, 0.02), False),  # every age lost as much: adding any class does that
+    (-0.10, (-0.21, 0.01), (-0.21, -0.01), False),  # the CI holds zero
+    (0.08, (0.06, 0.10), (0.05, 0.11), True),       # the label set made it worse: still reported
 ])
-def test_child_finding_needs_a_clear_and_large_effect(value, ci, found):
+def test_child_finding_needs_an_effect_beyond_the_adults(value, ci, beyond_ci, found):
     from probes.fairface_label_bias import _child_findings
     rows = [{"metric": "denigration_rate", "label_set": ls, "group_by": "age_band",
              "group": "under 20", "value": v} for ls, v in (("default", 0.4),
                                                            ("with_child", 0.4 + value))]
-    rows.append({"metric": "child_effect", "label_set": "with_child", "baseline": "default",
-                 "group_by": "age_band", "group": "under 20", "value": value,
-                 "ci_low": ci[0], "ci_high": ci[1], "n": 300})
+    band = {"label_set": "with_child", "baseline": "default", "group_by": "age_band",
+            "group": "under 20", "n": 300}
+    rows.append({**band, "metric": "child_effect", "value": value, "ci_low": ci[0], "ci_high": ci[1]})
+    rows.append({**band, "metric": "child_effect_beyond_adults", "value": sum(beyond_ci) / 2,
+                 "ci_low": beyond_ci[0], "ci_high": beyond_ci[1], "adult_change": -0.01})
     findings = _child_findings(rows, FairFaceLabelBias.Config())
     assert bool(findings) == found
     if found:
-        assert findings[0]["severity"] == "info"
+        assert findings[0]["severity"] == "info" and "20 and over: -1.0 points" in findings[0]["message"]
 
 
 def test_summary_headlines(result):
