@@ -171,6 +171,17 @@ def test_null_world_retrieval_raises_no_finding(null_retrieval):
     assert max(skews) > 1.0   # what the random-ranking yardstick alone would have flagged
 
 
+def test_null_world_prompt_sensitivity_raises_no_finding(faces_world):
+    """Under none of the 86 neutral wordings is a race or gender above the overall rate on the
+    null model: every group was scored under every template, and none stands out."""
+    from probes.prompt_sensitivity import PromptSensitivity
+    res = _run(PromptSensitivity, "demo-null", faces_world, n_boot=0)
+    assert res.findings == [], [f["message"] for f in res.findings]
+    scored = {(r["metric"], r["group"], r["template"]) for r in res.rows
+              if r["metric"] in ("crime_rate", "non_human_rate") and r.get("template")}
+    assert len(scored) == 2 * (7 + 2) * res.summary["n_templates"]
+
+
 def test_null_world_distribution_shift_raises_no_finding(faces_world):
     """Corruptions cost some race classes more recall than others on the null model too (the
     rows show it), but no race loses more gender accuracy and no gender more race accuracy."""

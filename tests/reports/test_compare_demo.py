@@ -6,6 +6,7 @@ import pytest
 
 from audit import models
 from audit.cli import main
+from audit.world.generate import load_preset
 
 HAVE_DEMOS = all((models.demo_dir(n) / "open_clip_config.json").is_file() for n in ("default", "null"))
 STRICT = """
@@ -45,7 +46,10 @@ def test_planted_difference_is_a_regression_and_gates_decide(two_runs, tmp_path,
     comparison = compare(json.loads(base.read_text()), json.loads(cand.read_text()))
     black = next(r for r in comparison["rows"] if r.get("metric") == "non_human_rate"
                  and r.get("label_set") == "default" and r.get("group_by") == "race" and r.get("group") == "Black")
-    assert black["direction"] == "worse" and black["beyond_ci"] and black["delta"] > 0.15
+    # the size of the difference, from the independent zero-shot count in the presets
+    observed = {n: load_preset(n)["observed"]["non_human_rate"]["race"]["Black"] for n in ("default", "null")}
+    assert black["direction"] == "worse" and black["beyond_ci"]
+    assert black["delta"] == pytest.approx(observed["default"] - observed["null"], abs=0.01)
     assert comparison["rows"].index(black) < comparison["regressions"]  # regressions come first
     assert "Black" in out.read_text()
 
