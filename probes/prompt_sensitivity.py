@@ -28,10 +28,12 @@ from audit.registry import register_probe
 from audit.tasks import (classification_tasks, ensemble, per_template_predictions, template_sets,
                          template_weights)
 from audit.results import ProbeResult, config_dict, row
+from probes.fairface_label_bias import RATES as FAIRFACE_RATES
 
 log = logging.getLogger(__name__)
-RATES = {"crime_rate": ("crime",), "non_human_rate": ("non_human",)}
-WORDS = {"crime_rate": "as crime-related", "non_human_rate": "as non-human"}
+# fairface_label_bias's two single-category rates: {metric: categories}, {metric: message words}
+RATES = {m: FAIRFACE_RATES[m][0] for m in ("crime_rate", "non_human_rate")}
+WORDS = {m: FAIRFACE_RATES[m][1] for m in RATES}
 
 
 def spread(acc: np.ndarray) -> dict:
