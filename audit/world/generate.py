@@ -140,10 +140,7 @@ def _validate(cfg: dict, where: str) -> None:
         missing = set(values) - set(cfg["vocab"].get(attr, {})) if attr != "age" else set()
         if missing:
             raise UserError(f"{where}: vocab.{attr} lacks {sorted(missing)}")
-    neutral = cfg["vocab"].get("neutral")
-    if neutral is not None and not (isinstance(neutral, dict) and isinstance(neutral.get("word"), str)
-                                    and isinstance(neutral.get("share"), (int, float)) and 0 <= neutral["share"] <= 1):
-        raise UserError(f"{where}: vocab.neutral needs a 'word' and a 'share' in [0, 1]")
+    _check_neutral(cfg["vocab"].get("neutral"), where)
     for name, spec in cfg["planted"].items():
         _check_category(name, spec, where)
 
@@ -158,6 +155,14 @@ def _check_sizes(cfg: dict, where: str) -> None:
     lo, hi = cfg["fame"].get("min"), cfg["fame"].get("max")
     if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
         raise UserError(f"{where}: fame needs integers 1 <= min <= max")
+
+
+def _check_neutral(neutral, where: str) -> None:
+    if neutral is None:
+        return
+    word, share = (neutral.get("word"), neutral.get("share")) if isinstance(neutral, dict) else (None, None)
+    if not (isinstance(word, str) and isinstance(share, (int, float)) and 0 <= share <= 1):
+        raise UserError(f"{where}: vocab.neutral needs a 'word' and a 'share' in [0, 1]")
 
 
 def _check_category(name: str, spec: dict, where: str) -> None:
