@@ -4,7 +4,14 @@ Cache layout: `<cache_dir>/<model key>/<chunk>.npz`, each chunk holding `keys` (
 `emb` (float32) and `checksum` (sha256 of both). The model key is the weights' sha256 plus the
 preprocess config, so another model or another resize never reuses a vector. Chunks are written
 atomically as encoding goes, so a killed run keeps every finished chunk and a rerun resumes.
-A chunk that fails to load or to verify is deleted and its vectors recomputed, never trusted.
+A chunk that fails to load, to verify or to match the model's vector width is deleted and its
+vectors recomputed, never trusted. A cache that cannot be written (full, read-only) is dropped
+with one warning and the run goes on computing without it.
+
+The model always sees blocks of a fixed number of rows (`encode_block`: 32 on a CPU, 256 on
+CUDA), cut from the rows still to encode in source order, whatever `--batch-size` says: a float32
+GEMM's rounding depends on the shape it runs at, so this is what keeps every number independent
+of the batch size (docs/INTERNALS.md, "Determinism").
 """
 import hashlib
 import logging
@@ -18,11 +25,22 @@ import numpy as np
 
 from audit import distributed
 from audit.data import hash_strings
+from audit.errors import UserError
 from audit.progress import bar
 
 log = logging.getLogger(__name__)
-# Batches per cache chunk: how much work a kill -9 can lose (env override for tests and tuning).
+# Encode blocks per cache chunk: how much work a kill -9 can lose (env override for tests and tuning).
 CHUNK_BATCHES = max(1, int(os.environ.get("CLIP_AUDIT_CHUNK_BATCHES") or 8))
+
+
+def encode_block(device: str) -> int:
+    """Rows per model forward. Fixed per device kind, never taken from --batch-size, so the batch
+    size cannot move a vector's last bits. CLIP_AUDIT_ENCODE_BLOCK overrides it (a GPU short of
+    memory); results.json records the value, and runs compare byte-for-byte only at equal blocks.
+    On a CPU, 32 images of ViT-B-32 are a GEMM of 1,600 token rows: past the size where bigger
+    blocks still speed it up (bench/RESULTS.md)."""
+    env = os.environ.get("CLIP_AUDIT_ENCODE_BLOCK")
+    return max(1, int(env)) if env else (256 if device == "cuda" else 32)
 
 
 def default_cache_dir() -> Path:
@@ -33,15 +51,18 @@ def default_cache_dir() -> Path:
 
 class Embedder:
     def __init__(self, bundle, *, cache_dir: Path | None, batch_size: int = 64, workers: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, block: int | None = None):
         self.bundle = bundle
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # images per loading step: decode, preprocess, progress
+        self.block = block or encode_block(bundle.device)  # rows per model forward
         self.workers = workers
         self.progress = progress
         self.model_key = hash_strings([bundle.info.sha256, repr(bundle.preprocess)])[:24]
-        self.store = _ChunkStore(Path(cache_dir) / self.model_key) if cache_dir else None
+        self.store = _ChunkStore(Path(cache_dir) / self.model_key, width=self._width) if cache_dir else None
         self.memory: dict[str, np.ndarray] = {}
-        self.stats = {"images_encoded": 0, "images_from_cache": 0, "texts_encoded": 0}
+        self.stats = {"images_encoded": 0, "images_from_cache": 0, "texts_encoded": 0,
+                      "encode_block": self.block}
+        self._dim: int | None = None
         self.seconds = 0.0  # wall time spent encoding (images and texts): the run's "embed" phase
 
     # -- images -----------------------------------------------------------------------------
@@ -64,7 +85,7 @@ class Embedder:
         loader = self._loader(source, rows, transform)
         chunk_keys, chunk_vecs, done = [], [], 0
         with bar(f"embedding {source.name}", len(rows), enabled_=self.progress) as advance:
-            for batch in loader:
+            for batch in _reblock(loader, self.block):
                 vecs = self._encode(batch, image=True)
                 chunk_keys += keys[done:done + len(vecs)]
                 chunk_vecs.append(vecs)
@@ -78,15 +99,15 @@ class Embedder:
 
     def _encode_images_sharded(self, source, rows, keys, transform) -> None:
         """This rank's block of whole batches, then every rank's vectors on every rank."""
-        start, stop = distributed.shard(len(rows), batch_size=self.batch_size)
+        start, stop = distributed.shard(len(rows), batch_size=self.block)
         mine = []
         with bar(f"embedding {source.name}", stop - start, enabled_=self.progress) as advance:
-            for batch in self._loader(source, rows[start:stop], transform):
+            for batch in _reblock(self._loader(source, rows[start:stop], transform), self.block):
                 mine.append(self._encode(batch, image=True))
                 advance(len(mine[-1]))
         local = np.concatenate(mine) if mine else np.zeros((0, 0), dtype=np.float32)
         vecs = distributed.gather(local)
-        step = CHUNK_BATCHES * self.batch_size  # the same chunking as one process
+        step = CHUNK_BATCHES * self.block  # the same chunking as one process
         for s in range(0, len(keys), step):
             self._save(keys[s:s + step], [vecs[s:s + step]])
         self.stats["images_encoded"] += len(keys)
@@ -108,13 +129,17 @@ class Embedder:
         if todo:
             t0 = time.perf_counter()
             rows = _first_rows(keys, todo)
+            tokens = self.bundle.tokenizer([texts[i] for i in rows])
+            order = _by_length(tokens) if self._trims_text() else list(range(len(rows)))
             step = _text_batch(self.bundle.device)
-            vecs = [self._encode(self.bundle.tokenizer([texts[i] for i in rows[s:s + step]]), image=False)
-                    for s in range(0, len(rows), step)]
-            self._save([keys[i] for i in rows], vecs)
+            vecs = [self._encode(tokens[order[s:s + step]], image=False) for s in range(0, len(order), step)]
+            self._save([keys[rows[j]] for j in order], vecs)
             self.stats["texts_encoded"] += len(rows)
             self.seconds += time.perf_counter() - t0
         return self._stack(keys)
+
+    def _trims_text(self) -> bool:
+        return _trimmable(self.bundle.model)
 
     # -- shared -----------------------------------------------------------------------------
     def _encode(self, batch, *, image: bool) -> np.ndarray:
@@ -126,9 +151,29 @@ class Embedder:
             batch = batch.contiguous(memory_format=torch.channels_last)
         # bf16 autocast on CUDA: the tensor cores' native precision; outputs go back to fp32.
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-            out = self.bundle.model.encode_image(batch) if image else self.bundle.model.encode_text(batch)
+            if image:
+                out = self.bundle.model.encode_image(batch)
+            elif self._trims_text():
+                out = encode_text_trimmed(self.bundle.model, batch)
+            else:
+                out = self.bundle.model.encode_text(batch)
         out = torch.nn.functional.normalize(out.float(), dim=-1)
-        return out.cpu().numpy().astype(np.float32)
+        return self._finite(out.cpu().numpy().astype(np.float32), image=image)
+
+    def _finite(self, vecs: np.ndarray, *, image: bool) -> np.ndarray:
+        """NaN or inf vectors make every rate 0% and every gate pass: stop instead."""
+        bad = ~np.isfinite(vecs).all(axis=1)
+        if bad.any():
+            raise UserError(f"{self.bundle.info.spec}: the model gives non-finite {'image' if image else 'text'} "
+                            f"embeddings (NaN/inf) for {int(bad.sum())} of {len(vecs)} inputs; its weights are "
+                            "broken or overflow at this precision, so no audit number would mean anything")
+        return vecs
+
+    def _width(self) -> int:
+        """The model's vector width, for checking cached chunks (one short text, never cached)."""
+        if self._dim is None:
+            self._dim = int(self._encode(self.bundle.tokenizer(["a"]), image=False).shape[1])
+        return self._dim
 
     def _lookup(self, keys) -> set[str]:
         """Fill memory from disk where possible; return the keys still to compute."""
@@ -153,10 +198,63 @@ class Embedder:
 
 
 def _text_batch(device: str) -> int:
-    """Texts per encode. On a CPU small batches are faster (ViT-B-32's text tower on 2 cores:
-    256 texts take 6.1 s in batches of 16, 6.4 s of 32, 7.6 s of 64 and 8.4-10 s of 256: the
-    activations of a big batch fall out of cache); a GPU wants big ones."""
+    """Texts per encode: fixed per device kind (a shape chosen from the machine would make the
+    vectors machine-chosen too). Figures for the CPU value are in bench/RESULTS.md ("text
+    batch"); a GPU wants big batches."""
     return 256 if device == "cuda" else 32
+
+
+def _reblock(batches, block: int):
+    """Re-cut a stream of (n, ...) tensors into tensors of exactly `block` rows (the last may be
+    shorter), so the model's input shape never depends on how the loader batched."""
+    import torch
+
+    pending, have = [], 0
+    for batch in batches:
+        pending.append(batch)
+        have += len(batch)
+        while have >= block:
+            whole = torch.cat(pending) if len(pending) > 1 else pending[0]
+            yield whole[:block]
+            rest = whole[block:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+    if have:
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+
+
+def _trimmable(model) -> bool:
+    """True when positions after a prompt's end cannot change its vector, so they need not be
+    computed: open_clip's CLIP text tower with a causal mask and end-of-text (argmax/eos)
+    pooling, padded with token 0 by its SimpleTokenizer. Without a causal mask (SigLIP), with
+    last/mean pooling, or in a CustomTextCLIP (HF text towers), every position counts: keep full length."""
+    import open_clip
+
+    return (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", None) in ("argmax", "eos"))
+
+
+def encode_text_trimmed(model, tokens):
+    """open_clip CLIP.encode_text (open_clip 3.x, model.py) on tokens cut after the batch's last
+    non-pad column: the same layers, with the positional embedding and causal mask sliced to
+    that length. Exact in arithmetic; in float32 within ~3e-6 of full length (tests/test_embed.py)."""
+    from open_clip.transformer import text_global_pool
+
+    n = max(1, int((tokens != 0).any(dim=0).nonzero().max()) + 1) if tokens.numel() else 1
+    tokens = tokens[:, :n]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if hasattr(model.text_projection, "weight") else x @ model.text_projection
+    return x
+
+
+def _by_length(tokens) -> list[int]:
+    """Text rows sorted by token length (stable), so each batch is cut close to its own prompts."""
+    lengths = (tokens != 0).sum(dim=1).tolist()
+    return sorted(range(len(lengths)), key=lambda i: lengths[i])
 
 
 class _ImageDataset:
@@ -204,9 +302,15 @@ def _one_thread():
 
 
 class _ChunkStore:
-    def __init__(self, root: Path):
+    """The on-disk half of the cache. Reading trusts nothing (checksum, key type, vector width);
+    writing is best effort: the first failure (disk full, read-only, a folder in the way) turns
+    writing off with one warning, and the run computes on from memory."""
+
+    def __init__(self, root: Path, *, width):
         self.root = root
+        self.width = width  # callable: the model's vector width, asked only when a chunk is read
         self.index: dict[str, Path] | None = None
+        self.writable = True
 
     def _scan(self) -> dict[str, Path]:
         if self.index is None:
@@ -216,7 +320,7 @@ class _ChunkStore:
                 try:
                     with np.load(f) as z:
                         self.index.update(dict.fromkeys(z["keys"].tolist(), f))
-                except Exception as e:  # truncated or garbled: recompute rather than trust
+                except Exception as e:  # truncated, garbled, or not a file: recompute rather than trust
                     self._drop(f, e)
         return self.index
 
@@ -246,18 +350,36 @@ class _ChunkStore:
                 keys, emb, checksum = z["keys"], z["emb"], str(z["checksum"])
             if _checksum(keys, emb) != checksum:
                 raise ValueError("checksum mismatch")
+            # a checksum proves the file is whole, not that it is this model's: check the shape too
+            if emb.ndim != 2 or len(emb) != len(keys) or emb.dtype != np.float32 or emb.shape[1] != self.width():
+                raise ValueError(f"vectors of shape {emb.shape} do not fit this model")
             return dict(zip(keys.tolist(), emb))
         except Exception as e:
             self._drop(f, e)
             return {}
 
     def _drop(self, f: Path, why) -> None:
-        log.warning("cache chunk %s is corrupt (%s); recomputing its vectors", f.name, why)
-        f.unlink(missing_ok=True)
+        log.warning("cache chunk %s is unusable (%s); recomputing its vectors", f.name, why)
+        try:
+            f.unlink(missing_ok=True)
+        except OSError:  # a folder in its place, or a read-only cache: ignore it, never trust it
+            pass
         if self.index:
             self.index = {k: v for k, v in self.index.items() if v != f}
 
     def put(self, keys: list[str], emb: np.ndarray) -> None:
+        if not self.writable:
+            return
+        try:
+            path = self._write(keys, emb)
+        except OSError as e:
+            self.writable = False
+            log.warning("the embedding cache %s cannot be written (%s); going on without it "
+                        "(vectors are computed, not saved)", self.root, e.strerror or e)
+            return
+        self._scan().update(dict.fromkeys(keys, path))
+
+    def _write(self, keys: list[str], emb: np.ndarray) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         arr_keys = np.array(keys)
         checksum = _checksum(arr_keys, emb)
@@ -269,10 +391,10 @@ class _ChunkStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:  # Ctrl-C/SIGTERM mid-write: leave no stray temp file behind
+        except BaseException:  # full disk, Ctrl-C/SIGTERM mid-write: leave no stray temp file behind
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._scan().update(dict.fromkeys(keys, path))
+        return path
 
 
 def _checksum(keys: np.ndarray, emb: np.ndarray) -> str:

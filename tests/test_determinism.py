@@ -1,18 +1,16 @@
 """Determinism (docs/INTERNALS.md, "Determinism"): same inputs + seed -> byte-identical rows.
 
-Across batch sizes the embeddings agree within 1e-6 (float32 GEMM blocking depends on the batch
-shape); argmax-based rows (rates, accuracies) and point values stay the same.
+The model sees fixed encode blocks whatever --batch-size says, so the batch size cannot move a
+bit: rows are byte-identical across batch sizes too, on any CPU, by construction.
 """
 import json
 
-import numpy as np
 import pytest
 
 from audit.cli import main
 from tests.bad_inputs.make_corpus import make_fairface_source
 
 PROBES = "fairface_label_bias,retrieval_skew"
-EMBED_TOL = 1e-6  # the stated tolerance between batch sizes, per embedding component
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +51,7 @@ def test_the_seed_is_what_moves_the_intervals(micro_dir, faces, tmp_path):
     assert vals(a) == vals(b)
 
 
-def test_batch_size_1_vs_64_embeddings_within_tolerance(micro_dir, faces):
+def test_batch_size_1_vs_64_embeddings_are_byte_identical(micro_dir, faces):
     from audit.data import load_source
     from audit.embed import Embedder
     from audit.models import load
@@ -62,22 +60,17 @@ def test_batch_size_1_vs_64_embeddings_within_tolerance(micro_dir, faces):
     src = load_source(str(faces), "fairface").subset(range(64))
     one = Embedder(bundle, cache_dir=None, batch_size=1, progress=False).images(src)
     many = Embedder(bundle, cache_dir=None, batch_size=64, progress=False).images(src)
-    np.testing.assert_allclose(one, many, rtol=0, atol=EMBED_TOL)
-    again = Embedder(bundle, cache_dir=None, batch_size=64, progress=False).images(src)
-    assert one.shape == (64, 32) and again.tobytes() == many.tobytes()
+    assert one.shape == (64, 32) and one.tobytes() == many.tobytes()
 
 
-def test_batch_sizes_give_the_same_rows_within_tolerance(micro_dir, faces, tmp_path):
+def test_batch_sizes_give_byte_identical_rows(micro_dir, faces, tmp_path):
     a = _run(micro_dir, faces, tmp_path / "a", batch_size=7)
     b = _run(micro_dir, faces, tmp_path / "b", batch_size=64)
-    ff_a, ff_b = a["probes"]["fairface_label_bias"]["rows"], b["probes"]["fairface_label_bias"]["rows"]
-    assert len(ff_a) == len(ff_b)
-    for x, y in zip(ff_a, ff_b):
-        assert {k: v for k, v in x.items() if not isinstance(v, float)} == \
-               {k: v for k, v in y.items() if not isinstance(v, float)}
-        for k, v in x.items():
-            if isinstance(v, float):
-                assert y[k] == pytest.approx(v, abs=1e-6), (x, k)
-    rs_a, rs_b = a["probes"]["retrieval_skew"]["rows"], b["probes"]["retrieval_skew"]["rows"]
-    # Point values only: the rank bootstrap reorders near-tied images deep in the ranking.
-    assert [r["value"] for r in rs_a] == pytest.approx([r["value"] for r in rs_b], abs=1e-6)
+    assert all(p["status"] == "ok" and p["rows"] for p in a["probes"].values())
+    assert _rows_bytes(a) == _rows_bytes(b)
+    assert [p["findings"] for p in a["probes"].values()] == [p["findings"] for p in b["probes"].values()]
+
+
+def test_the_encode_block_is_recorded(micro_dir, faces, tmp_path):
+    a = _run(micro_dir, faces, tmp_path / "a")
+    assert a["run"]["embedding"]["encode_block"] == 32

@@ -53,12 +53,12 @@ def test_each_image_once_per_run_and_none_on_rerun(bundle, source, tmp_path):
 
 
 def test_truncated_cache_chunk_is_recomputed(bundle, source, tmp_path, monkeypatch):
-    monkeypatch.setattr("audit.embed.CHUNK_BATCHES", 1)  # one chunk per batch of 4: 3 chunks
-    a = Embedder(bundle, cache_dir=tmp_path / "c", batch_size=4, progress=False).images(source)
+    monkeypatch.setattr("audit.embed.CHUNK_BATCHES", 1)  # one chunk per block of 4: 3 chunks
+    a = Embedder(bundle, cache_dir=tmp_path / "c", block=4, progress=False).images(source)
     chunks = sorted((tmp_path / "c").rglob("*.npz"))
     chunks[0].write_bytes(chunks[0].read_bytes()[:100])
     bundle.model.images = 0
-    again = Embedder(bundle, cache_dir=tmp_path / "c", batch_size=4, progress=False)
+    again = Embedder(bundle, cache_dir=tmp_path / "c", block=4, progress=False)
     b = again.images(source)
     assert 0 < bundle.model.images < 12       # only the broken chunk's images
     np.testing.assert_allclose(a, b, atol=1e-6)
