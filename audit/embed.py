@@ -63,6 +63,7 @@ class Embedder:
         self.stats = {"images_encoded": 0, "images_from_cache": 0, "texts_encoded": 0,
                       "encode_block": self.block}
         self._dim: int | None = None
+        self._trim: bool | None = None
         self.seconds = 0.0  # wall time spent encoding (images and texts): the run's "embed" phase
 
     # -- images -----------------------------------------------------------------------------
@@ -139,7 +140,9 @@ class Embedder:
         return self._stack(keys)
 
     def _trims_text(self) -> bool:
-        return _trimmable(self.bundle.model)
+        if self._trim is None:
+            self._trim = _trimmable(self.bundle.model)
+        return self._trim
 
     # -- shared -----------------------------------------------------------------------------
     def _encode(self, batch, *, image: bool) -> np.ndarray:
@@ -227,6 +230,8 @@ def _trimmable(model) -> bool:
     computed: open_clip's CLIP text tower with a causal mask and end-of-text (argmax/eos)
     pooling, padded with token 0 by its SimpleTokenizer. Without a causal mask (SigLIP), with
     last/mean pooling, or in a CustomTextCLIP (HF text towers), every position counts: keep full length."""
+    if not type(model).__module__.startswith("open_clip"):  # another library: never import open_clip for it
+        return False
     import open_clip
 
     return (type(model) is open_clip.CLIP and getattr(model, "attn_mask", None) is not None

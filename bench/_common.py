@@ -48,12 +48,27 @@ def machine() -> dict:
 
 
 def headline(name: str, value: float, figures: dict, args) -> None:
-    """The last line every bench prints: `NAME=VALUE` (plus the figures as JSON before it)."""
+    """The last line every bench prints: `NAME=VALUE` (plus the figures as JSON before it, and
+    the min-max of the pair ratios and the CPU model when the value came from `alternate`)."""
     figures = {**figures, name: value, "machine": machine()}
     print(json.dumps(figures, indent=1, default=str))
     if getattr(args, "json", None):
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
-    print(f"{name}={value:.3f}")
+    spread = f" (pairs {figures['ratio_min']:.3f}-{figures['ratio_max']:.3f})" if "ratio_min" in figures else ""
+    print(f"{name}={value:.3f}{spread} on {figures['machine']['cpu']}")
+
+
+def alternate(run_a, run_b, *, pairs: int = 3, seconds=lambda r: r) -> dict:
+    """Time A and B alternately (A B A B ..., `pairs` >= 3 pairs) and return the median of the
+    pair ratios A/B with their min and max. On a shared box a load spike hits one pair, not one
+    side: the pair ratio moves, the median of pair ratios does not. `seconds(result)` reads the
+    time from what each callable returns."""
+    import statistics
+
+    runs = [(run_a(), run_b()) for _ in range(max(3, pairs))]
+    ratios = [seconds(a) / seconds(b) for a, b in runs]
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "pair_ratios": ratios, "runs": runs}
 
 
 def workdir(args, name: str) -> Path:

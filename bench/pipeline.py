@@ -3,13 +3,13 @@
 Toolkit: load_source (reads, hashes and decode-checks every image) + Embedder.images on an empty
 cache (decode + preprocess + encode + normalise + cache write). Bare: model.encode_image on
 tensors decoded and preprocessed beforehand. Same model (ViT-B-32, random init), batch size and
-device; the two are timed alternately, REPS times each, and the fastest of each compared (the
-minimum is the figure least disturbed by other work on a shared machine).
+device; the two are timed alternately (bare, toolkit, bare, toolkit, ...: REPS pairs) and the
+figure is the median of the pair ratios, with their min-max (bench/_common.alternate).
 Prints `pipeline_ratio=` (images/s toolkit / images/s bare, check pass included).
 """
 import time
 
-from _common import headline, machine, parser, setup_logging, workdir  # noqa: F401
+from _common import alternate, headline, machine, parser, setup_logging, workdir  # noqa: F401
 
 
 def make_fairface(folder, n: int, *, size: int = 224, seed: int = 0):
@@ -64,7 +64,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=5, help="alternating pairs (at least 3)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = p.parse_args()
     setup_logging()
@@ -78,20 +78,24 @@ def main() -> None:
     src = load_source(str(folder), "fairface")
     tensors = torch.stack([bundle.preprocess(src.image(i)) for i in range(n)])
     bare(bundle, tensors[: args.batch_size], args.batch_size)  # warm-up: first-call allocations
-    bares, kits = [], []
-    for rep in range(args.reps):
-        bares.append(bare(bundle, tensors, args.batch_size))
-        cache = work / f"cache{rep}"
+    reps = iter(range(10 ** 6))
+
+    def kit() -> dict:
+        cache = work / f"cache{next(reps)}"
         shutil.rmtree(cache, ignore_errors=True)
-        kits.append(toolkit(bundle, folder, cache, batch_size=args.batch_size, workers=args.workers))
-    t_bare = min(b["wall"] for b in bares)
-    t_kit = min(k["wall"] for k in kits)
+        return toolkit(bundle, folder, cache, batch_size=args.batch_size, workers=args.workers)
+
+    timed = alternate(lambda: bare(bundle, tensors, args.batch_size), kit, pairs=args.reps,
+                      seconds=lambda r: r["wall"])
+    bares, kits = [a for a, _ in timed["runs"]], [b for _, b in timed["runs"]]
+    embed_only = [a["wall"] / b["embed"] for a, b in timed["runs"]]
     figures = {"images": n, "batch_size": args.batch_size, "workers": args.workers, "reps": args.reps,
                "threads": torch.get_num_threads(), "bare": bares, "toolkit": kits,
-               "bare_images_per_s": n / t_bare, "toolkit_images_per_s": n / t_kit,
-               "ratio_without_check_pass": t_bare / min(k["embed"] for k in kits),
+               "ratio_min": timed["ratio_min"], "ratio_max": timed["ratio_max"],
+               "pair_ratios": timed["pair_ratios"],
+               "ratio_without_check_pass": sorted(embed_only)[len(embed_only) // 2],
                "cpu_time_ratio": min(b["cpu"] for b in bares) / min(k["cpu"] for k in kits)}
-    headline("pipeline_ratio", t_bare / t_kit, figures, args)
+    headline("pipeline_ratio", timed["ratio"], figures, args)
 
 
 if __name__ == "__main__":
