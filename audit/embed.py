@@ -193,6 +193,8 @@ class Embedder:
         self.memory.update(zip(keys, vecs))
         if self.store is not None and distributed.is_main():  # one writer per cache folder
             self.store.put(keys, vecs)
+            if self.store.error:  # recorded in results.json: a degraded run says so
+                self.stats["cache_not_written"] = self.store.error
 
     def _stack(self, keys) -> np.ndarray:
         if not keys:
@@ -315,7 +317,7 @@ class _ChunkStore:
         self.root = root
         self.width = width  # callable: the model's vector width, asked only when a chunk is read
         self.index: dict[str, Path] | None = None
-        self.writable = True
+        self.writable, self.error = True, None
 
     def _scan(self) -> dict[str, Path]:
         if self.index is None:
@@ -378,7 +380,7 @@ class _ChunkStore:
         try:
             path = self._write(keys, emb)
         except OSError as e:
-            self.writable = False
+            self.writable, self.error = False, f"{type(e).__name__}: {e.strerror or e}"
             log.warning("the embedding cache %s cannot be written (%s); going on without it "
                         "(vectors are computed, not saved)", self.root, e.strerror or e)
             return

@@ -343,8 +343,11 @@ def _generate_world(preset: str, root: Path, *, seed: int, progress: bool) -> Pa
     from audit.world.generate import generate_world
 
     log.info("generating the %r synthetic world (seed %d) into %s", preset, seed, root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    except OSError as e:  # an unwritable cache costs the reuse, not the run
+        return _generate_world_uncached(preset, seed=seed, progress=progress, why=e)
     try:
         generate_world(tmp, preset=preset, seed=seed, progress=progress, with_train=False)
         tmp.rename(root)  # atomic: a half-generated world is never mistaken for a whole one
@@ -352,6 +355,20 @@ def _generate_world(preset: str, root: Path, *, seed: int, progress: bool) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _generate_world_uncached(preset: str, *, seed: int, progress: bool, why: OSError) -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    from audit.world.generate import generate_world
+
+    tmp = Path(tempfile.mkdtemp(prefix="clip-audit-world-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    log.warning("the cache cannot hold the synthetic world (%s); generating it for this run only", why.strerror or why)
+    generate_world(tmp, preset=preset, seed=seed, progress=progress, with_train=False)
+    return tmp
 
 
 def _short_name(spec: str) -> str:
