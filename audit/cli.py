@@ -54,7 +54,9 @@ def cli(verbose, quiet):
 @click.option("--world", metavar="PRESET|DIR", help="Use a synthetic world's sources (default when no SRC given).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("audit-out"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Images decoded per loading step. The model always sees fixed encode blocks (32 rows on a CPU, "
+                   "256 on CUDA), so no number depends on it.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Image loader processes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--policy", type=click.Path(path_type=Path), help="Release gates (TOML); a failed gate exits 1.")
