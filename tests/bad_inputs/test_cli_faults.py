@@ -217,3 +217,17 @@ def test_csv_download_escapes_formulas(label, cell):
 
     text = unquote(csv_uri([{"group": label, "value": 1}]).split(",", 1)[1])
     assert text.splitlines()[1] == f"{cell},1"
+
+
+def test_library_warnings_and_logs_stay_off_stderr_without_v(capsys):
+    """A UserWarning or a third-party log line must not stand before the one-line error."""
+    import logging
+    import warnings
+
+    from audit.cli import _setup_logging
+
+    _setup_logging(0, False)
+    warnings.warn("a library's warning", UserWarning)
+    logging.getLogger("datasets.builder").warning("a library's log line")
+    logging.getLogger("audit.data").warning("ours")
+    assert capsys.readouterr().err == "ours\n"
