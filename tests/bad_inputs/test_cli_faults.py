@@ -231,3 +231,14 @@ def test_library_warnings_and_logs_stay_off_stderr_without_v(capsys):
     logging.getLogger("datasets.builder").warning("a library's log line")
     logging.getLogger("audit.data").warning("ours")
     assert capsys.readouterr().err == "ours\n"
+
+
+def test_read_only_out_fails_before_loading(tmp_path, capsys, monkeypatch):
+    """A read-only mount (simulated: root ignores chmod) is found by a test write, up front."""
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["-q", "run", "--model", "hf-hub:never/loaded", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'o'}: cannot write to this folder (Read-only file system)\n"
