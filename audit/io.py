@@ -38,7 +38,8 @@ def _umask() -> int:
 
 def check_writable_dir(out: Path) -> Path:
     """`--out` must be a folder we can write, checked before anything loads: finding out after
-    every probe ran would throw the whole run away. Creates the folder (and its parents)."""
+    every probe ran would throw the whole run away. A folder not yet there is not made here
+    (an interrupted run leaves nothing behind); its nearest existing parent is tried instead."""
     from audit.errors import UserError
 
     out = Path(out)
@@ -46,9 +47,9 @@ def check_writable_dir(out: Path) -> Path:
         if p.exists() and not p.is_dir():
             what = "is a file" if p == out else f"is below the file {p}"
             raise UserError(f"{out}: {what}; --out needs a folder")
+    here = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+        fd, probe = tempfile.mkstemp(dir=here, prefix=".write-test.")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:  # read-only mount, no permission, disk full: one line, before any work
@@ -67,6 +68,10 @@ def write_together(out: Path, writers: dict) -> list[Path]:
 
     out = Path(out)
     temps = {name: out / f".{name}.{os.getpid()}.new" for name in writers}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out}: cannot create the folder ({e.strerror or e})") from None
     done: list[Path] = []
     try:
         for name, write in writers.items():
