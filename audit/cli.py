@@ -1,6 +1,7 @@
 """The `audit` command. Heavy imports live inside the commands so `audit --help` is instant.
 
 Exit codes: 0 ok, 1 a release gate failed, 2 bad input (one line on stderr, no traceback),
+3 the audit is incomplete (a probe failed; results.json and report.html still written),
 130 interrupted.
 """
 import logging
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from audit import __version__
-from audit.errors import GateFailed, UserError
+from audit.errors import GateFailed, ProbeFailed, UserError
 
 log = logging.getLogger("audit")
 
@@ -27,9 +28,19 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         handler.addFilter(lambda r: r.name.split(".")[0] in ("audit", "probes", "reports"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if not verbose:
-        import os
+        _quiet_libraries()
 
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+def _quiet_libraries() -> None:
+    """Without -v, a library's log lines and warnings must not stand before our one-line error:
+    warnings go through logging (dropped by the filter above), and the Hugging Face libraries,
+    which log through handlers of their own, are told to keep to errors before they load."""
+    import os
+
+    logging.captureWarnings(True)
+    for var in ("DATASETS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +69,7 @@ def cli(verbose, quiet):
               help="Images decoded per loading step. The model always sees fixed encode blocks (32 rows on a CPU, "
                    "256 on CUDA), so no number depends on it.")
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="Image loader processes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--policy", type=click.Path(path_type=Path), help="Release gates (TOML); a failed gate exits 1.")
 @click.option("--baseline", type=click.Path(path_type=Path), help="Baseline results.json for relative gates.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache root (default ~/.cache/clip-audit).")
@@ -141,15 +152,33 @@ def world_cmd(out, preset, seed):
 @cli.command("report")
 @click.argument("results_path", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), help="Default: report.html beside RESULTS.")
-@click.option("--include-examples", is_flag=True)
-def report_cmd(results_path, out, include_examples):
-    """Re-render report.html from a results.json."""
+def report_cmd(results_path, out):
+    """Re-render report.html from a results.json (or a run's --out folder).
+
+    No --include-examples here: thumbnails are made from the images while the run has them, and
+    results.json deliberately holds no face (pass --include-examples to `audit run`)."""
     from audit import results
     from audit.runner import write_report
+    from reports.render import check_names
 
+    if results_path.is_dir():  # the run's --out folder, the common case
+        results_path = results_path / "results.json"
     data = results.read(results_path)
-    path = write_report(data, out or results_path.with_name("report.html"), include_examples=include_examples)
+    check_names(data, where=str(results_path))
+    path = write_report(data, _html_path(out, results_path.with_name("report.html")))
     click.echo(f"wrote {path}", err=True)
+
+
+def _html_path(out: Path | None, default: Path) -> Path:
+    """-o may name the file or a folder to put it in; below a file is a one-line error."""
+    if out is None:
+        return default
+    if out.is_dir():
+        return out / default.name
+    for p in out.parents:
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{out}: is below the file {p}")
+    return out
 
 
 @cli.command("compare")
@@ -163,9 +192,12 @@ def compare_cmd(base, cand, out, policy):
 
     from audit import results
     from reports.compare import compare, print_compare
-    from reports.render import render_compare
+    from reports.render import check_names, render_compare
 
     base_r, cand_r = results.read(base), results.read(cand)
+    check_names(base_r, where=str(base))
+    check_names(cand_r, where=str(cand))
+    out = _html_path(out, Path("compare.html"))
     comparison = compare(base_r, cand_r)
     console = Console()
     gates = []
@@ -210,14 +242,20 @@ def main(argv=None) -> int:
     except UserError as e:
         click.echo(f"error: {one_line(str(e))}", err=True)
         return 2
+    except ProbeFailed as e:
+        click.echo(f"incomplete: {one_line(str(e))}", err=True)
+        return 3
     except GateFailed as e:
         click.echo(f"gate failed: {e}", err=True)
         return 1
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted: finished embeddings are cached; rerun the same command to resume", err=True)
         return 130
-    except click.ClickException as e:
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `audit`: the help text, as click shows it
         e.show()
+        return 2
+    except click.ClickException as e:  # bad option or argument: one line too, not click's usage block
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -262,8 +262,15 @@ def _disk_dataset(path: Path, split: str | None):
 
     try:
         ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable datasets save_to_disk folder ({e})") from None
+    except Exception as e:  # a garbled state.json or dataset_info.json fails in many types
+        why = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: not a readable datasets save_to_disk folder "
+                        f"({type(e).__name__}: {why})") from None
+    if split and isinstance(ds, datasets.Dataset) and split != str(ds.split or ""):
+        # one split saved alone: an @split must name it, or a typo would audit other data silently
+        have = f"its split is {str(ds.split)!r}" if ds.split else "it records no split name"
+        raise UserError(f"{path}@{split}: no split {split!r}: the folder holds a single dataset "
+                        f"({have}); drop the @{split}")
     return _pick_split(ds, split, str(path))
 
 
@@ -295,10 +302,14 @@ def _read_hf(ds, spec: str):
     """A datasets.Dataset -> table of strings (ClassLabel ints become their names) + bytes reader."""
     import datasets
 
-    img_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    img_col = _image_column(ds.features)
     if img_col is None:
-        raise UserError(f"{spec}: no image column (a datasets.Image feature) in columns {list(ds.features)}")
-    ds = ds.cast_column(img_col, datasets.Image(decode=False))
+        raise UserError(f"{spec}: no image column (a datasets.Image feature, or an 'image' column of "
+                        f"bytes or {{bytes, path}}) in columns {list(ds.features)}")
+    try:
+        ds = ds.cast_column(img_col, datasets.Image(decode=False))
+    except (TypeError, ValueError) as e:  # e.g. {bytes, path} with a path that is not text
+        raise UserError(f"{spec}: column {img_col!r} cannot be read as images ({str(e).splitlines()[0][:200]})") from None
     table = ds.remove_columns([img_col]).to_pandas()
     for col, feat in ds.features.items():
         if isinstance(feat, datasets.ClassLabel):
@@ -308,10 +319,31 @@ def _read_hf(ds, spec: str):
 
     def reader(i: int) -> bytes:
         item = images[i][img_col]
-        return item["bytes"] if item.get("bytes") else read_image_file(item["path"])
+        if item and item.get("bytes"):
+            return item["bytes"]
+        if item and item.get("path"):
+            return read_image_file(item["path"])
+        raise OSError("empty image cell (no bytes and no path)")  # skipped and listed like a bad file
 
     paths = [f"{spec}[{i}]" for i in range(len(ds))]
     return table, reader, paths, spec
+
+
+def _image_column(features) -> str | None:
+    """The datasets.Image column; else (pandas or pyarrow wrote the parquet, the common layout)
+    an `image`-named column of raw bytes or of {bytes, path} structs, which datasets casts."""
+    import datasets
+
+    found = next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    if found:
+        return found
+
+    def image_like(f) -> bool:
+        if isinstance(f, datasets.Value):
+            return f.dtype in ("binary", "large_binary")
+        return isinstance(f, dict) and "bytes" in f and set(f) <= {"bytes", "path"}
+    named = [c for c in features if c.lower() in ("image", "img", "picture")]
+    return next((c for c in named if image_like(features[c])), None)
 
 
 def _check_columns(table, kind: str, where: str) -> None:

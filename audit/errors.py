@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class GateFailed(Exception):
     """A release gate failed: the CLI exits 1 after everything is written."""
+
+
+class ProbeFailed(Exception):
+    """A probe ended in an error: results are written, the audit is incomplete; the CLI exits 3."""

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.errors import GateFailed, UserError
+from audit.errors import GateFailed, ProbeFailed, UserError
+from audit.io import check_writable_dir, write_together
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,12 @@ class ProbeContext:
 def run(opts: RunOptions) -> dict:
     """The whole audit; returns the results dict after writing results.json and report.html."""
     from audit import distributed, embed, models
+    from audit.settings import probe_configs
 
     started, clock = _now(), {}
     configs = probe_configs(opts.probes, opts.overrides)  # a typo fails before minutes of loading
+    if distributed.is_main():
+        check_writable_dir(opts.out)  # as must an --out that cannot take the results
     device = distributed.setup(opts.device)  # under torchrun: join the group, pick this rank's device
     progress = opts.progress and distributed.is_main()
     with _phase(clock, "load"):
@@ -111,54 +115,6 @@ def _phase(clock: dict, name: str):
         yield
     finally:
         clock[name] = time.perf_counter() - t0
-
-
-def probe_configs(names: list[str] | None, overrides: list[str]) -> dict:
-    """{probe name: its Config with the user's --set overrides}, all checked up front."""
-    from audit.registry import get_probe, list_probes
-
-    names = [get_probe(n).name for n in names] if names else list_probes()
-    values = parse_overrides(overrides)
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise UserError(f"--set {unknown[0]}.…: not a probe of this run ({', '.join(names)})")
-    return {n: make_config(get_probe(n), dict(values.get(n, {}))) for n in names}
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """["distribution_shift.subsample=1000"] -> {"distribution_shift": {"subsample": 1000}}.
-    Values are JSON where they parse (numbers, lists, true/null), else plain strings."""
-    import json
-
-    out: dict[str, dict] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        probe, dot, name = key.strip().partition(".")
-        if not (eq and dot and probe and name):
-            raise UserError(f"--set {item}: expected PROBE.FIELD=VALUE, e.g. distribution_shift.subsample=1000")
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-        out.setdefault(probe, {})[name] = value
-    return out
-
-
-def make_config(cls, values: dict):
-    """The probe's frozen Config with the user's overrides, checked field by field."""
-    import dataclasses
-
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    for name, value in values.items():
-        if name not in fields:
-            raise UserError(f"--set {cls.name}.{name}: no such setting; {cls.name} has: {', '.join(fields)}")
-        default = getattr(cls.Config(), name)
-        if isinstance(default, tuple) and isinstance(value, list):
-            values[name] = tuple(value)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and \
-                not (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            raise UserError(f"--set {cls.name}.{name}={value!r}: expected a number")
-    return dataclasses.replace(cls.Config(), **values)
 
 
 def run_probes(ctx: ProbeContext, configs: dict):
@@ -218,12 +174,17 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
         baseline = res.read(opts.baseline) if opts.baseline else None
         results["gates"] = evaluate(load_policy(opts.policy), results, baseline=baseline)
     res.validate(res.jsonable(results), source="results (internal)")
-    res.write(results, Path(opts.out) / "results.json")
     shown = {**results, "probes": {name: {**p, "examples": (examples or {}).get(name, [])}
                                    for name, p in results["probes"].items()}}
-    write_report(shown, Path(opts.out) / "report.html", include_examples=opts.include_examples)
+    write_together(opts.out, {  # both or neither: never a new results.json beside an old report
+        "results.json": lambda path: res.write(results, path),
+        "report.html": lambda path: write_report(shown, path, include_examples=opts.include_examples)})
     if user_errors:
         raise UserError(user_errors[0] + (f" (+{len(user_errors) - 1} more)" if len(user_errors) > 1 else ""))
+    broken = [name for name, p in results["probes"].items() if p["status"] == "error"]
+    if broken:  # an audit missing a probe must not pass CI as a success
+        raise ProbeFailed(f"{len(broken)} probe(s) failed: {', '.join(broken)}; the audit is incomplete "
+                          f"(see {Path(opts.out) / 'results.json'})")
     failed = [g["name"] for g in results["gates"] if g.get("passed") is False]
     if failed:
         raise GateFailed(f"{len(failed)} gate(s) failed: {', '.join(failed)}")

@@ -38,6 +38,7 @@ from audit.corruptions import SEVERITIES, Corruption, list_corruptions
 from audit.errors import UserError
 from audit.registry import register_probe
 from audit.results import ProbeResult, config_dict, row
+from audit.settings import setting
 
 log = logging.getLogger(__name__)
 _EPS = 1e-4  # logit clipping: accuracies of exactly 0 or 1 stay finite
@@ -138,14 +139,14 @@ class DistributionShift:
         # minute on 2 CPU cores for the demo model; far more for a ViT-B). 200 leaves ~14 faces
         # per FairFace race x gender cell, so per-group drops are by race and by gender only.
         # Raise it with --set distribution_shift.subsample=1000 for a release audit.
-        subsample: int = 200
+        subsample: int = setting(200, min=1)
         corruptions: tuple = tuple(list_corruptions())   # audit/corruptions.py names
         severities: tuple = SEVERITIES
         templates: str = "openai"              # class weights: open_clip's 80-template ensemble
         baseline_table: str | None = None      # CSV model,split,accuracy_id,accuracy_shift (module doc)
-        n_boot: int = 1000                     # bootstrap resamples of images
-        alpha: float = 0.05
-        min_n: int = 20                        # a group below this gets no CI ("too few images")
+        n_boot: int = setting(1000, min=1)                     # bootstrap resamples of images
+        alpha: float = setting(0.05, above=0, below=1)
+        min_n: int = setting(20, min=1)                        # a group below this gets no CI ("too few images")
 
     def run(self, ctx, cfg: Config) -> ProbeResult:
         from audit.tasks import classification_tasks

@@ -17,6 +17,7 @@ from audit.errors import UserError
 from audit.labels import check_templates
 from audit.registry import register_probe
 from audit.results import ProbeResult, config_dict, row
+from audit.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,11 @@ class FairFaceLabelBias:
         # Prompt templates with "{}"; empty means each label set's own.
         templates: tuple = ()
         # Bootstrap resamples for every confidence interval.
-        n_boot: int = 1000
+        n_boot: int = setting(1000, min=1)
         # Groups with fewer images get a value but no CI, and never a finding.
-        min_group_n: int = 20
+        min_group_n: int = setting(20, min=1)
         # 1 - confidence level of the intervals.
-        alpha: float = 0.05
+        alpha: float = setting(0.05, above=0, below=1)
 
     def run(self, ctx, cfg: Config) -> ProbeResult:
         check_templates(cfg.templates, where="fairface_label_bias templates")

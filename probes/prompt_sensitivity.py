@@ -28,6 +28,7 @@ from audit.registry import register_probe
 from audit.tasks import (classification_tasks, ensemble, per_template_predictions, template_sets,
                          template_weights)
 from audit.results import ProbeResult, config_dict, row
+from audit.settings import setting
 from probes.fairface_label_bias import RATES as FAIRFACE_RATES
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class PromptSensitivity:
         wording: str = "label_wording"        # label_sets/templates/<name>.yaml: label-wording variants
         ensemble: str = "openai"              # the ensemble: open_clip's 80 OPENAI_IMAGENET_TEMPLATES
         bias_label_set: str = "fairface_default"  # classes + categories for rates under each template
-        n_boot: int = 1000                    # bootstrap resamples of images
-        alpha: float = 0.05
-        min_n: int = 20                       # a group below this gets no CI ("too few images")
+        n_boot: int = setting(1000, min=1)                    # bootstrap resamples of images
+        alpha: float = setting(0.05, above=0, below=1)
+        min_n: int = setting(20, min=1)                       # a group below this gets no CI ("too few images")
 
     def run(self, ctx, cfg: Config) -> ProbeResult:
         tasks = classification_tasks(ctx)

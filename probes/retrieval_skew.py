@@ -26,6 +26,7 @@ from audit.errors import UserError
 from audit.labels import check_templates
 from audit.registry import register_probe
 from audit.results import ProbeResult, config_dict, row
+from audit.settings import setting
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,21 @@ class RetrievalSkew:
         # Attributes whose representation in the top k is measured.
         attributes: tuple = ("race", "gender")
         # Top-k cut-offs; each is capped at the number of images (duplicates dropped).
-        ks: tuple = (10, 100, 1000)
+        ks: tuple = setting((10, 100, 1000), min=1)
         # p_desired: "dataset" (each group's share of the images) or "uniform".
         desired: str = "dataset"
         # A finding needs MaxSkew at least this (0.5: the favoured group has e^0.5 = 1.65x
         # its desired share) ...
-        max_skew_threshold: float = 0.5
+        max_skew_threshold: float = setting(0.5, min=0)
         # ... and a permutation p-value below alpha / (number of tests).
-        alpha: float = 0.05
+        alpha: float = setting(0.05, above=0, below=1)
         # Random rankings drawn for the null distribution of MaxSkew.
-        n_perm: int = 20000
+        n_perm: int = setting(20000, min=1)
         # Random query directions for the geometry yardstick (0: not used). 4,000 lets a concept
         # that beats every one of them pass a Bonferroni cut over 180 tests (p = 1/4001).
-        n_random_queries: int = 4000
+        n_random_queries: int = setting(4000, min=0)
         # Bootstrap resamples of the images for MaxSkew CIs (0: none). NDKL gets no CI.
-        n_boot: int = 200
+        n_boot: int = setting(200, min=0)
 
     def run(self, ctx, cfg: Config) -> ProbeResult:
         check_templates(cfg.templates, where="retrieval_skew templates")

@@ -79,8 +79,19 @@ def csv_uri(rows: list[dict], columns: list[str] | None = None) -> str:
     writer = csv.DictWriter(buf, fieldnames=columns or columns_of(rows), extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)
     return "data:text/csv;charset=utf-8," + quote(buf.getvalue(), safe="")
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """Text a spreadsheet would run as a formula (a group label "=HYPERLINK(...)" from someone's
+    dataset) gets OWASP's prefix, a single quote; numbers stay numbers (-0.5 is not text)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def select(rows, **filters) -> list[dict]:

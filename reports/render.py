@@ -42,8 +42,20 @@ PROBE_TITLES = {
 THUMBNAIL_RE = re.compile(r"^data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/=\s]+$")
 
 
+def check_names(results: dict, *, where: str = "results") -> None:
+    """Probe names pick template files and anchors: a name such as "../report" from a crafted
+    results.json must be refused in one line, never looked up as a path."""
+    from audit.errors import UserError
+
+    for name in (results.get("probes") or {}):
+        if not (isinstance(name, str) and name.isidentifier() and name.isascii()):
+            raise UserError(f"{where}: probe name {name!r} is not a valid name "
+                            "(letters, digits and _, not starting with a digit)")
+
+
 def render_report(results: dict, out: Path, *, include_examples: bool = False) -> Path:
     """Write the HTML report for `results` (a results.json dict) to `out`, atomically."""
+    check_names(results)
     context = {"r": results, "sections": _sections(results, include_examples),
                "sources": data_sources(results),
                "findings": top_findings(results), "gates": results.get("gates") or [],
