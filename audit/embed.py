@@ -38,7 +38,7 @@ class Embedder:
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress
-        self.model_key = hash_strings([bundle.info.sha256, repr(bundle.preprocess)])[:24]
+        self.model_key = bundle.info.fingerprint[:24]
         self.store = _ChunkStore(Path(cache_dir) / self.model_key) if cache_dir else None
         self.memory: dict[str, np.ndarray] = {}
         self.stats = {"images_encoded": 0, "images_from_cache": 0, "texts_encoded": 0}
