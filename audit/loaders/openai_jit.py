@@ -26,10 +26,16 @@ def load_jit(spec, *, arch=None, **_):
     try:
         with held_warnings():
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            # a scripted open_clip model keeps its causal mask as state; open_clip rebuilds it
+            state = {k: v for k, v in state.items() if k != "attn_mask"}
             model = build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=None)
     except Exception as e:
         raise UserError(f"{path}: not a loadable OpenAI TorchScript CLIP archive ({first_line(e)})") from None
+    # the converter rounds to fp16 (OpenAI's archives are fp16, so lossless for them); reload the
+    # archive's own values so an fp32 archive keeps its precision
     model = model.float()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()
+                           if k not in ("input_resolution", "context_length", "vocab_size")})
     size = model.visual.image_size
     size = size[-1] if isinstance(size, tuple) else size
     pp = PreprocessCfg(size=size)  # OpenAI's own: bicubic, shortest side, centre crop, OpenAI mean/std
