@@ -161,6 +161,8 @@ def load_name(spec, *, pretrained=None, trust=False, **kw):
     if pretrained is None:
         log.warning("%s: no --pretrained weights given; auditing a randomly initialised model", spec)
     # open_clip's pretrained table says which tags were trained with QuickGELU (openai, yfcc15m...)
+    cfg = dict(open_clip.get_model_config(name) or {})
+    tokenizer = _tokenizer(name, cfg.get("text_cfg"), spec)  # before minutes of weights: it may be missing
     quick = bool(pretrained and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu"))
     if quick and not name.endswith("-quickgelu"):
         log.info("%s: tag %r was trained with QuickGELU; building the QuickGELU architecture", name, pretrained)
@@ -172,8 +174,7 @@ def load_name(spec, *, pretrained=None, trust=False, **kw):
         raise UserError(
             f"{spec}: could not load pretrained weights {pretrained!r} ({first_line(e)}); offline? "
             f"Pass a local file: --model {name} --pretrained PATH.safetensors") from None
-    cfg = dict(open_clip.get_model_config(name) or {}, quick_gelu=quick or None)
-    tokenizer = _tokenizer(name, cfg.get("text_cfg"), spec)
+    cfg["quick_gelu"] = quick or cfg.get("quick_gelu")
     return _wrap(model, preprocess, tokenizer, name, f"open_clip:{name}:{pretrained}", cfg)
 
 
