@@ -226,6 +226,15 @@ def probes_cmd():
         click.echo(f"{name:28s} {doc[0] if doc else ''}")
 
 
+@cli.command("models")
+def models_cmd():
+    """List the model loaders (built-ins and clip_audit.models plugins), in the order tried."""
+    from audit.registry import list_model_loaders
+
+    for loader in list_model_loaders():
+        click.echo(f"{loader.name:22s} {loader.doc}")
+
+
 def one_line(message: str) -> str:
     """A file name or spec may itself hold a newline; the error line stays one line."""
     return message.replace("\r", "\\r").replace("\n", "\\n")

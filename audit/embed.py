@@ -1,8 +1,9 @@
 """Batched image/text encoding with an on-disk cache shared by every probe and every run.
 
 Cache layout: `<cache_dir>/<model key>/<chunk>.npz`, each chunk holding `keys` (one per vector),
-`emb` (float32) and `checksum` (sha256 of both). The model key is the weights' sha256 plus the
-preprocess config, so another model or another resize never reuses a vector. Chunks are written
+`emb` (float32) and `checksum` (sha256 of both). The model key is the model's fingerprint
+(weights, architecture config, preprocessing, tokenizer and context length: models.model_fingerprint),
+so another model, the same weights with another activation, or another resize never reuses a vector. Chunks are written
 atomically as encoding goes, so a killed run keeps every finished chunk and a rerun resumes.
 A chunk that fails to load, to verify or to match the model's vector width is deleted and its
 vectors recomputed, never trusted. A cache that cannot be written (full, read-only) is dropped
@@ -57,7 +58,7 @@ class Embedder:
         self.block = block or encode_block(bundle.device)  # rows per model forward
         self.workers = workers
         self.progress = progress
-        self.model_key = hash_strings([bundle.info.sha256, repr(bundle.preprocess)])[:24]
+        self.model_key = bundle.info.fingerprint[:24]  # the whole model: weights, architecture, preprocess, tokenizer
         self.store = _ChunkStore(Path(cache_dir) / self.model_key, width=self._width) if cache_dir else None
         self.memory: dict[str, np.ndarray] = {}
         self.stats = {"images_encoded": 0, "images_from_cache": 0, "texts_encoded": 0,

@@ -62,3 +62,58 @@ def get_probe(name: str) -> type:
     if name not in _PROBES:
         raise UserError(f"unknown probe {name!r}; available: {', '.join(sorted(_PROBES))}")
     return _PROBES[name]
+
+
+# -- model loaders ----------------------------------------------------------------------------
+# The same pattern for models: built-in loaders (audit/loaders/) and plugins in the entry point
+# group `clip_audit.models` land in one table. A loader is `load(spec, *, pretrained, arch, trust)`
+# returning an audit.loaders.Loaded; `matches(spec, pretrained)` says whether it takes the spec.
+# Plugins are tried first, then built-ins by ascending `order` (the open_clip name is the fallback).
+MODEL_ENTRY_POINT_GROUP = "clip_audit.models"
+_LOADERS: dict[str, "ModelLoader"] = {}
+_models_loaded = False
+
+
+class ModelLoader:
+    def __init__(self, name, load, matches, doc="", order=50):
+        self.name, self.load, self.matches, self.doc, self.order = name, load, matches, doc, order
+
+
+def register_model_loader(name: str, *, matches, doc: str = "", order: int = 50):
+    """Decorator on a load function; a plugin may call it too."""
+    def wrap(fn):
+        _LOADERS[name] = ModelLoader(name, fn, matches, doc or (fn.__doc__ or "").strip(), order)
+        return fn
+    return wrap
+
+
+def _load_model_loaders() -> None:
+    global _models_loaded
+    if _models_loaded:
+        return
+    _models_loaded = True
+    import audit.loaders  # noqa: F401  (registers the built-ins)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=MODEL_ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as e:  # a broken plugin must not take the built-ins down with it
+            log.warning("could not load model plugin %s: %s", ep.name, e)
+            continue
+        if callable(obj) and ep.name not in _LOADERS:
+            from audit.loaders.plugin import plugin_loader
+
+            _LOADERS[ep.name] = plugin_loader(ep.name, obj)
+
+
+def list_model_loaders() -> list[ModelLoader]:
+    _load_model_loaders()
+    return sorted(_LOADERS.values(), key=lambda ld: (ld.order, ld.name))
+
+
+def find_model_loader(spec: str, pretrained: str | None) -> ModelLoader:
+    for loader in list_model_loaders():
+        if loader.matches(spec, pretrained):
+            return loader
+    raise UserError(f"{spec}: no model loader takes this spec (see `audit models`)")

@@ -1,0 +1,136 @@
+"""transformers models: our vectors and pixels equal the native library's own, to 1e-5."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TEXTS = ["a photo of a face", "a person", "an old man smiling at the camera"]
+
+
+def clip_tokenizer_files(folder):
+    """A CLIPTokenizer built from open_clip's BPE vocab (no download): the same ids as OpenAI's."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    st = SimpleTokenizer()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # HF's spelling
+    (folder / "vocab.json").write_text(json.dumps({names.get(k, k): v for k, v in st.encoder.items()}))
+    merges = sorted(st.bpe_ranks, key=st.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
+def images(n=4, size=40):
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (size, size + 7, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def hf_clip_dir(tmp_path_factory):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = tmp_path_factory.mktemp("hfclip") / "model"
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=16),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8),
+                     projection_dim=32)
+    CLIPModel(cfg).eval().save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    clip_tokenizer_files(out / "tok").save_pretrained(out)
+    return out
+
+
+def native(folder, imgs, texts):
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(folder).eval()
+    proc, tok = AutoImageProcessor.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    pixels = proc(images=imgs, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        im = model.get_image_features(pixel_values=pixels)
+        tx = model.get_text_features(**tok(texts, padding=True, return_tensors="pt"))
+    im = im if hasattr(im, "dim") else im.pooler_output
+    tx = tx if hasattr(tx, "dim") else tx.pooler_output
+    return pixels, torch.nn.functional.normalize(im, dim=-1), torch.nn.functional.normalize(tx, dim=-1)
+
+
+def ours(spec, imgs, texts, tmp_path):
+    from audit.embed import Embedder
+    from audit.models import load
+
+    bundle = load(spec, device="cpu")
+    pixels = torch.stack([bundle.preprocess(i) for i in imgs])
+    emb = Embedder(bundle, cache_dir=None, progress=False)
+    im = emb._encode(pixels, image=True)
+    tx = emb._encode(bundle.tokenizer(texts), image=False)
+    return bundle, pixels, im, tx
+
+
+def test_clip_folder_matches_transformers(hf_clip_dir, tmp_path):
+    imgs = images()
+    n_pix, n_im, n_tx = native(hf_clip_dir, imgs, TEXTS)
+    bundle, pix, im, tx = ours(str(hf_clip_dir), imgs, TEXTS, tmp_path)
+    assert bundle.info.library == "transformers" and bundle.info.cls == "CLIPModel"
+    assert torch.allclose(pix, n_pix, atol=1e-6)
+    np.testing.assert_allclose(im, n_im.numpy(), atol=1e-5)
+    np.testing.assert_allclose(tx, n_tx.numpy(), atol=1e-5)
+    assert bundle.info.tokenizer["padding"] == "longest"
+
+
+def test_repo_id_from_populated_hf_cache(hf_clip_dir, tmp_path, monkeypatch):
+    """`ORG/NAME` and `hf-hub:ORG/NAME` resolve offline from models--ORG--NAME/snapshots/<hash>/."""
+    import shutil
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--acme--tiny-clip" / "snapshots" / ("ab" * 20)
+    shutil.copytree(hf_clip_dir, snap)
+    (cache / "models--acme--tiny-clip" / "refs").mkdir()
+    (cache / "models--acme--tiny-clip" / "refs" / "main").write_text("ab" * 20)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    imgs = images(2)
+    _, n_im, n_tx = native(hf_clip_dir, imgs, TEXTS)
+    for spec in ("acme/tiny-clip", "hf-hub:acme/tiny-clip"):
+        bundle, _, im, tx = ours(spec, imgs, TEXTS, tmp_path)
+        assert bundle.info.loader == "transformers"
+        np.testing.assert_allclose(im, n_im.numpy(), atol=1e-5)
+        np.testing.assert_allclose(tx, n_tx.numpy(), atol=1e-5)
+
+
+def test_siglip_folder_pads_to_max_length(hf_clip_dir, tmp_path):
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    out = tmp_path / "siglip"
+    torch.manual_seed(1)
+    cfg = SiglipConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=16),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, image_size=32, patch_size=8))
+    model = SiglipModel(cfg).eval()
+    model.save_pretrained(out)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    AutoTokenizer.from_pretrained(hf_clip_dir).save_pretrained(out)
+    imgs = images(3)
+    tok = AutoTokenizer.from_pretrained(out)
+    proc = SiglipImageProcessor.from_pretrained(out)
+    n_pix = proc(images=imgs, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():  # SigLIP's native convention: ids padded to max_length, no mask
+        ids = tok(TEXTS, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+        n_tx = torch.nn.functional.normalize(_t(model.get_text_features(input_ids=ids)), dim=-1)
+        n_im = torch.nn.functional.normalize(_t(model.get_image_features(pixel_values=n_pix)), dim=-1)
+    bundle, pix, im, tx = ours(f"hf:{out}", imgs, TEXTS, tmp_path)
+    assert bundle.info.cls == "SiglipModel" and bundle.info.tokenizer["padding"] == "max_length"
+    assert torch.allclose(pix, n_pix, atol=1e-6)
+    np.testing.assert_allclose(im, n_im.numpy(), atol=1e-5)
+    np.testing.assert_allclose(tx, n_tx.numpy(), atol=1e-5)
+
+
+def _t(out):
+    return out if hasattr(out, "dim") else out.pooler_output
