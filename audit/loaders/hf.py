@@ -166,6 +166,14 @@ class HFPreprocess:
 
     def info(self):
         p = self.processor
-        return {"size": getattr(p, "size", None), "crop": getattr(p, "crop_size", None) if getattr(p, "do_center_crop", False) else None,
+        crop = getattr(p, "crop_size", None) if getattr(p, "do_center_crop", False) else None
+        return {"size": _plain(getattr(p, "size", None)), "crop": _plain(crop),
                 "mean": list(p.image_mean or ()), "std": list(p.image_std or ()),
                 "interpolation": str(getattr(p, "resample", None)), "processor": type(p).__name__}
+
+
+def _plain(value):
+    """transformers 5 keeps sizes in a SizeDict: results.json wants plain JSON."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return {k: v for k, v in dict(value).items() if v is not None} if hasattr(value, "keys") else list(value)
