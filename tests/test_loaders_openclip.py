@@ -134,3 +134,23 @@ def test_openai_tag_builds_quick_gelu(micro_arch, monkeypatch):
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda n, t: {"quick_gelu": t == "openai"})
     got = openclip.load_name(f"{micro_arch}:openai")
     assert seen["quick"] is True and "QuickGELU" in repr(got.model)
+
+
+def test_trust_checkpoint_is_honoured_for_pretrained_file(micro_model, micro_arch, tmp_path):
+    """`--model ARCH --pretrained FILE.pt`: refused without --trust-checkpoint, loaded with it."""
+    import argparse
+
+    from audit.errors import UserError
+    from audit.models import load
+
+    path = tmp_path / "epoch_1.pt"  # open_clip_train style: args pickled beside the weights
+    torch.save({"state_dict": micro_model.state_dict(), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        load(micro_arch, pretrained=str(path), device="cpu")
+    bundle = load(micro_arch, pretrained=str(path), device="cpu", trust_checkpoint=True)
+    assert bundle.info.sha256 == load(str(_save(micro_model, tmp_path)), arch=micro_arch, device="cpu").info.sha256
+
+
+def _save(model, tmp_path):
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    return tmp_path / "plain.pt"
