@@ -33,6 +33,10 @@ class ModelInfo:
     loader: str = ""
     fingerprint: str = ""  # model_fingerprint(): the embedding cache key
 
+    def __post_init__(self):
+        # a bundle built by hand (tests, a caller's own) still gets a key no other weights share
+        self.fingerprint = self.fingerprint or self.sha256
+
 
 @dataclass
 class ModelBundle:

@@ -134,3 +134,22 @@ def test_siglip_folder_pads_to_max_length(hf_clip_dir, tmp_path):
 
 def _t(out):
     return out if hasattr(out, "dim") else out.pooler_output
+
+
+def test_clip_tokenizer_padding_with_a_real_token(hf_clip_dir, tmp_path):
+    """LAION's transformers CLIP repos pad with '!' (id 0), not EOS: a '!' inside a text is text, and
+    the mask we pass must be the tokenizer's own (ones through EOS), whatever the pad id."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "bang"
+    shutil.copytree(hf_clip_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.pad_token = "!"
+    tok.save_pretrained(out)
+    texts = ["wow! a face!", "a person", "an old man smiling at the camera!"]
+    _, n_im, n_tx = native(out, images(2), texts)
+    assert AutoTokenizer.from_pretrained(out).pad_token_id == 0
+    _, _, _, tx = ours(str(out), images(2), texts, tmp_path)
+    np.testing.assert_allclose(tx, n_tx.numpy(), atol=1e-5)

@@ -134,3 +134,70 @@ def test_openai_tag_builds_quick_gelu(micro_arch, monkeypatch):
     monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda n, t: {"quick_gelu": t == "openai"})
     got = openclip.load_name(f"{micro_arch}:openai")
     assert seen["quick"] is True and "QuickGELU" in repr(got.model)
+
+
+def test_trust_checkpoint_is_honoured_for_pretrained_file(micro_model, micro_arch, tmp_path):
+    """`--model ARCH --pretrained FILE.pt`: refused without --trust-checkpoint, loaded with it."""
+    import argparse
+
+    from audit.errors import UserError
+    from audit.models import load
+
+    path = tmp_path / "epoch_1.pt"  # open_clip_train style: args pickled beside the weights
+    torch.save({"state_dict": micro_model.state_dict(), "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        load(micro_arch, pretrained=str(path), device="cpu")
+    bundle = load(micro_arch, pretrained=str(path), device="cpu", trust_checkpoint=True)
+    assert bundle.info.sha256 == load(str(_save(micro_model, tmp_path)), arch=micro_arch, device="cpu").info.sha256
+
+
+def _save(model, tmp_path):
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    return tmp_path / "plain.pt"
+
+
+def _cfg_folder(tmp_path, text_extra, *, custom=False):
+    """An open_clip folder whose config declares its own text tower and tokenizer settings."""
+    import copy
+
+    import open_clip
+
+    from audit.models import save_local_dir
+    from tests.conftest import MICRO_CFG
+
+    cfg = copy.deepcopy(MICRO_CFG)
+    cfg["text_cfg"].update(text_extra)
+    torch.manual_seed(5)
+    model = (open_clip.CustomTextCLIP(**cfg) if custom else open_clip.CLIP(**cfg)).eval()
+    if custom:
+        cfg["custom_text"] = True  # as SigLIP's model_configs say it
+    return save_local_dir(model, cfg, tmp_path / "m", model_name="micro-custom")
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_checkpoint_file_uses_its_configs_tokenizer(custom, tmp_path):
+    """A checkpoint beside an open_clip config that declares tokenizer_kwargs / hf_tokenizer_name /
+    custom_text (SigLIP's configs do) gets open_clip's own tokenizer and class, not SimpleTokenizer."""
+    import open_clip
+
+    from tests.test_loaders_hf import clip_tokenizer_files
+
+    extra = {"tokenizer_kwargs": {"clean": "canonicalize"}}
+    if custom:
+        extra["hf_tokenizer_name"] = "acme/not-cached"  # local-dir: the folder's own files win
+    out = _cfg_folder(tmp_path, extra, custom=custom)
+    if custom:
+        clip_tokenizer_files(tmp_path / "tok").save_pretrained(out)
+    texts = ["A Photo, of a FACE!!", "an OLD man... smiling"]
+    model, _, pre = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    native_tok = open_clip.get_tokenizer(f"local-dir:{out}")
+    bundle, _, im, _ = _ours(str(out / "open_clip_model.safetensors"))
+    assert torch.equal(bundle.tokenizer(texts), native_tok(texts))
+    assert type(bundle.model) is type(model) and type(bundle.tokenizer) is type(native_tok)
+    with torch.no_grad():
+        n_tx = torch.nn.functional.normalize(model.eval().encode_text(native_tok(texts)), dim=-1).numpy()
+    from audit.embed import Embedder
+
+    tx = Embedder(bundle, cache_dir=None, progress=False)._encode(bundle.tokenizer(texts), image=False)
+    np.testing.assert_allclose(tx, n_tx, atol=1e-5)
+    np.testing.assert_allclose(im, _native(model, pre, native_tok)[1], atol=1e-5)

@@ -61,7 +61,7 @@ def load_transformers(spec, **_):
         raise UserError(f"{spec}: {type(model).__name__} has no get_image_features/get_text_features")
     adapter = HFAdapter(model.float().eval())
     tok = HFTokenizer(tokenizer, model.config)
-    adapter.uses_mask, adapter.pad_id = not tok.siglip, tokenizer.pad_token_id
+    adapter.uses_mask, adapter.eos_id = not tok.siglip, tokenizer.eos_token_id
     pre = HFPreprocess(processor)
     return Loaded(model=adapter, preprocess=pre, tokenizer=tok, arch=model.config.model_type,
                   source=f"transformers:{folder}", library="transformers", cls=type(model).__name__,
@@ -89,7 +89,7 @@ class HFAdapter:
 
     def __init__(self, model):
         self.hf = model
-        self.pad_id, self.uses_mask = None, True
+        self.eos_id, self.uses_mask = None, True
 
     def to(self, device):
         self.hf.to(device)
@@ -110,7 +110,7 @@ class HFAdapter:
 
     def encode_text(self, ids):
         if self.uses_mask:
-            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.pad_id)))
+            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.eos_id)))
         return _features(self.hf.get_text_features(input_ids=ids))
 
 
@@ -119,16 +119,14 @@ def _features(out):
     return out if hasattr(out, "dim") else out.pooler_output
 
 
-def _mask(ids, pad_id):
-    """The attention mask the tokenizer gave, rebuilt from the ids: ones up to the padding.
-    CLIP pads with its EOS id, so the first pad after the first token ends the text."""
+def _mask(ids, eos_id):
+    """The attention mask the tokenizer gave, rebuilt from the ids: ones through the first EOS.
+    Not `ids != pad`: LAION's repos pad with '!' (id 0), which is also text; OpenAI's pad with EOS."""
     import torch
 
-    is_pad = ids == pad_id
-    is_pad[:, 0] = False
-    after = torch.cumsum(is_pad.int(), dim=1)
-    # the first pad (CLIP: the EOS itself) stays visible; the rest is padding
-    return ((after == 0) | ((after == 1) & is_pad)).long()
+    is_eos = ids == eos_id
+    before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()  # EOS seen strictly before here
+    return (before == 0).long()
 
 
 class HFTokenizer:
@@ -166,6 +164,14 @@ class HFPreprocess:
 
     def info(self):
         p = self.processor
-        return {"size": getattr(p, "size", None), "crop": getattr(p, "crop_size", None) if getattr(p, "do_center_crop", False) else None,
+        crop = getattr(p, "crop_size", None) if getattr(p, "do_center_crop", False) else None
+        return {"size": _plain(getattr(p, "size", None)), "crop": _plain(crop),
                 "mean": list(p.image_mean or ()), "std": list(p.image_std or ()),
                 "interpolation": str(getattr(p, "resample", None)), "processor": type(p).__name__}
+
+
+def _plain(value):
+    """transformers 5 keeps sizes in a SizeDict: results.json wants plain JSON."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return {k: v for k, v in dict(value).items() if v is not None} if hasattr(value, "keys") else list(value)

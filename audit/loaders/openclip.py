@@ -193,10 +193,8 @@ def from_checkpoint(path: Path, *, arch: str | None, trust: bool) -> Loaded:
         with held_warnings():
             if model_cfg is not None:
                 model_cfg = dict(model_cfg, quick_gelu=quick or model_cfg.get("quick_gelu", False))
-                text_cfg = model_cfg.get("text_cfg", {})
-                cls = open_clip.CustomTextCLIP if text_cfg.get("hf_model_name") else open_clip.CLIP
-                model = cls(**model_cfg)
-                tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+                model = _build_from_cfg(model_cfg)
+                tokenizer = _tokenizer_from_cfg(model_cfg.get("text_cfg", {}), path)
             else:
                 model = open_clip.create_model(arch_name, force_quick_gelu=quick)
                 model_cfg = dict(open_clip.get_model_config(arch_name) or {}, quick_gelu=quick)
@@ -208,6 +206,36 @@ def from_checkpoint(path: Path, *, arch: str | None, trust: bool) -> Loaded:
     preprocess = _preprocess(model, model_cfg, pre_cfg, path)
     load_state(model, state, path)
     return _wrap(model, preprocess, tokenizer, arch_name, f"file:{path}", model_cfg)
+
+
+def _build_from_cfg(model_cfg: dict):
+    """The class open_clip's create_model picks: SigLIP-style configs say `custom_text`."""
+    import open_clip
+
+    cfg = dict(model_cfg)
+    custom = cfg.pop("custom_text", False) or cfg.get("text_cfg", {}).get("hf_model_name")
+    cfg.pop("model_name", None)
+    return (open_clip.CustomTextCLIP if custom else open_clip.CLIP)(**cfg)
+
+
+def _tokenizer_from_cfg(text_cfg: dict, path: Path):
+    """The tokenizer open_clip's get_tokenizer builds for this text_cfg: an HF tokenizer where the
+    config names one (SigLIP: from the checkpoint's folder when it holds open_clip_config.json, as
+    local-dir does), else SimpleTokenizer with the config's tokenizer_kwargs (e.g. clean)."""
+    import open_clip
+
+    length = text_cfg.get("context_length", 77)
+    kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+    name = text_cfg.get("hf_tokenizer_name")
+    if not name:
+        return open_clip.tokenizer.SimpleTokenizer(context_length=length, **kwargs)
+    source = str(path.parent) if (path.parent / "open_clip_config.json").is_file() else name
+    try:
+        return open_clip.tokenizer.HFTokenizer(source, context_length=length,
+                                               tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
+    except Exception as e:  # the hub client raises a zoo of types when offline
+        raise UserError(f"{path}: cannot load the tokenizer {name!r} ({first_line(e)}); it comes from the "
+                        f"Hugging Face Hub: put it in the local HF cache (huggingface-cli download {name})") from None
 
 
 def _preprocess(model, model_cfg: dict, pre_cfg: dict | None, path: Path):
