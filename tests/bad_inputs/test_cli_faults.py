@@ -85,6 +85,14 @@ CASES = [
     ("alpha above 1", _nothing, [*RUN, "--fairface", "FF", *PROBE, "--set", "fairface_label_bias.alpha=2",
                                  "--out", "TMP/o"],
      2, "error: --set fairface_label_bias.alpha=2: out of range (expected > 0 and < 1)"),
+    ("probability above 1", _nothing, [*RUN, "--fairface", "FF", "--probes", "celebrity_identification",
+                                       "--set", "celebrity_identification.high_accuracy=1.5", "--out", "TMP/o"],
+     2, "error: --set celebrity_identification.high_accuracy=1.5: out of range (expected >= 0 and <= 1)"),
+    ("size zero", _nothing, [*RUN, "--fairface", "FF", *PROBE, "--set", "fairface_label_bias.min_group_n=0",
+                             "--out", "TMP/o"],
+     2, "error: --set fairface_label_bias.min_group_n=0: out of range (expected >= 1)"),
+    ("seed not whole", _nothing, [*RUN, "--fairface", "FF", *PROBE, "--seed", "2.5", "--out", "TMP/o"],
+     2, "error: Invalid value for '--seed': '2.5' is not a valid integer"),
     ("out is a file", _file_as_out, [*RUN, "--fairface", "FF", *PROBE, "--out", "TMP/o"],
      2, "error: TMP/o: is a file; --out needs a folder"),
     ("out below a file", _file_as_out, [*RUN, "--fairface", "FF", *PROBE, "--out", "TMP/o/sub"],
@@ -155,6 +163,25 @@ def test_full_disk_leaves_the_previous_pair(world, micro_dir, tmp_path, capsys, 
                       "(No space left on device); results.json and report.html left as they were")
     assert {p: (out / p).read_bytes() for p in before} == before
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]  # no temp left
+
+
+def test_render_failure_leaves_the_previous_pair(world, micro_dir, tmp_path, monkeypatch):
+    """A bug while rendering (not a disk error) propagates, but the new results.json it would
+    have stood beside is removed: the old pair stays, and no temp file is left."""
+    import reports.render
+
+    out = tmp_path / "run"
+    shutil.copytree(world / "run", out)
+    before = {p: (out / p).read_bytes() for p in ("results.json", "report.html")}
+
+    def broken(*a, **k):
+        raise RuntimeError("template bug")
+    monkeypatch.setattr(reports.render, "render_report", broken)
+    with pytest.raises(RuntimeError, match="template bug"):
+        main(["-q", "run", "--model", str(micro_dir), "--fairface", str(world / "ff"), *PROBE,
+              "--seed", "1", "--out", str(out), "--cache-dir", str(world / "cache")])
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]
 
 
 def test_probe_error_exits_3_and_writes_both(world, micro_dir, tmp_path, capsys, monkeypatch):
