@@ -162,7 +162,7 @@ def make_config(cls, values: dict):
 
 
 def run_probes(ctx: ProbeContext, configs: dict):
-    from audit.registry import get_probe
+    from audit.registry import get_probe, probe_meta
     from audit.results import ProbeResult
 
     out, user_errors, examples = {}, [], {}
@@ -170,11 +170,14 @@ def run_probes(ctx: ProbeContext, configs: dict):
         cls = get_probe(name)
         missing = [r for r in cls.requires if not ctx.has(r)]
         if missing:
-            out[name] = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg).to_json()
-            continue
-        log.info("running probe %s", name)
-        result = _run_one(cls, ctx, cfg, user_errors)
-        out[name], examples[name] = result.to_json(), result.examples
+            result = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg)
+        else:
+            log.info("running probe %s", name)
+            result = _run_one(cls, ctx, cfg, user_errors)
+            examples[name] = result.examples
+        # The probe's self-description travels with its numbers: compare, gates and the report
+        # read titles, units and directions from here, never from a table of built-ins.
+        out[name] = {**result.to_json(), "meta": probe_meta(cls)}
     return out, user_errors, examples
 
 
