@@ -5,10 +5,11 @@ Policy format (see examples/policy.toml)::
     [[gate]]
     name = "non-human rate by race"              # required, shown in reports and CI logs
     metric = "fairface_label_bias.non_human_rate"  # required: "<probe>.<row metric>"
-    label_set = "default"                        # optional row filters: any tidy-row key
-    group_by = "race"                            #   (label_set, group_by, group, task,
-    group = ["Black", "White"]                   #   template, ...); a list means "any of"
-    where = { widget = "x" }                     # filters on keys of third-party probes
+    label_set = "default"                        # optional row filters: label_set, group_by,
+    group_by = "race"                            #   group, template, and any key a registered
+    group = ["Black", "White"]                   #   probe declares in `row_keys` (plugins too);
+                                                 #   a list means "any of"
+    where = { widget = "x" }                     # filters on any other row key
     aggregate = "max"                            # max | min | mean | value
     max = 0.05                                   # absolute bounds: max and/or min
     min = 0.0
@@ -33,11 +34,9 @@ from pathlib import Path
 
 from audit.errors import UserError
 
-ROW_FILTERS = ("label_set", "group_by", "group", "template", "corruption", "severity", "k",
-               "candidates", "split", "attribute", "task", "concept")
 ABSOLUTE = ("max", "min")
 RELATIVE = ("max_increase", "max_decrease")
-GATE_KEYS = ("name", "metric", "aggregate", "where", *ABSOLUTE, *RELATIVE, *ROW_FILTERS)
+GATE_KEYS = ("name", "metric", "aggregate", "where", *ABSOLUTE, *RELATIVE)
 AGGREGATES = ("max", "min", "mean", "value")
 
 
@@ -72,7 +71,7 @@ def _check_gate(gate, index: int, source: str) -> dict:
         raise UserError(f"{where}: must be a table")
     if isinstance(gate.get("name"), str) and gate["name"].strip():
         where = f"{source}: gate {gate['name']!r}"
-    unknown = sorted(set(gate) - set(GATE_KEYS))
+    unknown = sorted(set(gate) - set(GATE_KEYS) - set(row_filters()))
     if unknown:
         raise UserError(f"{where}: unknown key(s) {unknown} (filters on other row keys go "
                         "in 'where = {{...}}')")
@@ -86,6 +85,15 @@ def _check_gate(gate, index: int, source: str) -> dict:
         raise UserError(f"{where}: needs a bound (max, min, max_increase or max_decrease)")
     return {"name": gate["name"], "metric": gate["metric"], **bounds,
             "aggregate": _aggregate(gate, bounds, where), "filters": _filters(gate, where)}
+
+
+def row_filters() -> tuple[str, ...]:
+    """Row keys a gate may name at top level: the common ones plus every registered probe's
+    declared `row_keys` (plugins included), so no table of built-in probes lives here."""
+    from audit.registry import BASE_ROW_KEYS, known_meta
+
+    extra = [k for meta in known_meta().values() for k in meta.get("row_keys", [])]
+    return tuple(dict.fromkeys([*BASE_ROW_KEYS, "template", *extra]))
 
 
 def _number(value, key: str, where: str) -> float:
@@ -108,7 +116,7 @@ def _filters(gate: dict, where: str) -> dict:
     extra = gate.get("where", {})
     if not isinstance(extra, dict):
         raise UserError(f"{where}: 'where' must be a table of row filters")
-    filters = {**{k: gate[k] for k in ROW_FILTERS if k in gate}, **extra}
+    filters = {**{k: gate[k] for k in row_filters() if k in gate}, **extra}
     for key, want in filters.items():
         options = want if isinstance(want, list) else [want]
         if not options or not all(isinstance(v, (str, int, float, bool)) for v in options):

@@ -44,9 +44,9 @@ class FairFaceLabelBias:
         **{f"{r}_difference": Metric(f"{t} labels, highest − lowest group", "points", worse="up")
            for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
                         ("denigration_rate", "Denigrating"))},
-        "race_accuracy": Metric("Race classified as labelled", "fraction",
+        "race_accuracy": Metric("Race classified as labelled", "fraction", worse="down",
                                 description="a check that the label set works, not a goal"),
-        "gender_accuracy": Metric("Gender classified as labelled", "fraction",
+        "gender_accuracy": Metric("Gender classified as labelled", "fraction", worse="down",
                                   description="a check that the label set works, not a goal"),
         "child_effect": Metric("Change from a 'child' class", "points",
                                description="with_child minus default denigration"),
