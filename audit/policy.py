@@ -60,6 +60,18 @@ def load_policy(path: Path) -> dict:
     return parse_policy(text, source=str(path))
 
 
+def check_inputs(policy: Path | None, baseline: Path | None) -> None:
+    """Read and check --policy and --baseline before any model loads: a TOML typo must stop
+    the run in one line (exit 2) before minutes of work, not discard them at the end. The
+    runner reads both again when it evaluates the gates; they are small."""
+    from audit import results
+
+    if policy:
+        load_policy(policy)
+    if baseline:
+        results.read(baseline)
+
+
 def parse_policy(text: str, *, source: str = "<policy>") -> dict:
     try:
         doc = tomllib.loads(text)

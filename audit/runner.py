@@ -77,6 +77,9 @@ def run(opts: RunOptions) -> dict:
 
     started, clock = _now(), {}
     configs = probe_configs(opts.probes, opts.overrides)  # a typo fails before minutes of loading
+    from audit.policy import check_inputs
+
+    check_inputs(opts.policy, opts.baseline)  # so does one in --policy or --baseline
     device = distributed.setup(opts.device)  # under torchrun: join the group, pick this rank's device
     progress = opts.progress and distributed.is_main()
     with _phase(clock, "load"):

@@ -316,3 +316,26 @@ def test_gate_matches_headline_rows_unless_it_names_a_template():
     assert headline["outcome"] == "pass" and headline["value"] == pytest.approx(0.01)
     [named] = evaluate(parse_policy(CEILING + 'template = "a photo of {}"\n'), results)
     assert named["outcome"] == "fail" and named["value"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("--policy", "[[gate]\nname = 'x'\n", "not valid TOML"),
+    ("--policy", '[[gate]]\nname = "x"\nmetric = "p.m"\nmaxx = 1\n', "unknown key"),
+    ("--baseline", "{not json", "not a results.json"),
+])
+def test_bad_policy_or_baseline_stops_before_the_model_loads(which, content, message, tmp_path,
+                                                             capsys, monkeypatch):
+    """A typo in --policy or --baseline is one line, exit 2, and no model was ever loaded."""
+    from audit import models
+    from audit.cli import main
+
+    loaded = []
+    monkeypatch.setattr(models, "load", lambda *a, **kw: loaded.append(a) or 1 / 0)
+    bad = tmp_path / ("bad.toml" if which == "--policy" else "base.json")
+    bad.write_text(content)
+    code = main(["run", "--model", "demo", "--probes", "fairface_label_bias", which, str(bad),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and loaded == []
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+    assert str(bad) in err and not (tmp_path / "out" / "results.json").exists()
