@@ -273,8 +273,10 @@ def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
 
 
 def _result(name, passed, value, threshold, detail) -> dict:
+    outcome = "skipped" if passed is None else "pass" if passed else "fail"
     return {"name": name, "passed": None if passed is None else bool(passed), "value": value,
-            "threshold": threshold, "detail": detail}
+            "threshold": threshold, "detail": detail, "outcome": outcome,
+            "images_to_settle": None}
 
 
 def _measure(gate: dict, results: dict) -> tuple[float | None, str | None]:

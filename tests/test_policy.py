@@ -268,6 +268,10 @@ def test_inconclusive_policy_decides_passed():
     assert strict["outcome"] == lenient["outcome"] == "inconclusive"
     assert strict["passed"] is False and lenient["passed"] is True
     assert "inconclusive" in lenient["detail"] and "counts as pass" in lenient["detail"]
+    relative = CEILING.replace("max = 0.05", "max_increase = 0.01")
+    [skipped] = evaluate(parse_policy(relative), results)
+    [rel] = evaluate(parse_policy(relative), results, baseline=results)
+    assert (skipped["outcome"], rel["outcome"], rel["passed"]) == ("skipped", "pass", True)
     with pytest.raises(UserError, match="inconclusive must be"):
         parse_policy('inconclusive = "maybe"\n' + CEILING)
 
