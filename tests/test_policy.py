@@ -222,3 +222,124 @@ def test_print_gates(capsys):
     print_gates(gates, console)
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" in out and "SKIP" in out and "1 of 3 gate(s) failed: b" in out
+
+
+# --- CI-aware outcomes (issue 16 point 4) -------------------------------------------------
+META = {"title": "P", "metrics": {"non_human_rate": {"title": "Non-human", "unit": "fraction",
+                                                     "worse": "up"}}}
+
+
+def _ci_results(rows_ci, **extra):
+    """non_human_rate rows by race with the given (value, ci_low, ci_high, n), and meta."""
+    rows = [{**_row("non_human_rate", f"G{i}", v, **extra), "ci_low": lo, "ci_high": hi, "n": n}
+            for i, (v, lo, hi, n) in enumerate(rows_ci)]
+    return {"probes": {"p": {"status": "ok", "rows": rows, "meta": META}}}
+
+
+CEILING = '[[gate]]\nname = "nh"\nmetric = "p.non_human_rate"\nmax = 0.05\n'
+
+
+@pytest.mark.parametrize("rows_ci, outcome", [
+    ([(0.102, 0.068, 0.139, 265)], "fail"),                       # the CI is all above 0.05
+    ([(0.01, 0.002, 0.03, 500), (0.02, 0.01, 0.049, 400)], "pass"),  # every CI is under it
+    ([(0.06, 0.0, 0.15, 30)], "inconclusive"),                    # the issue's 30-face group
+    ([(0.04, 0.0, 0.11, 30)], "inconclusive"),                    # under it, but not known
+    ([(0.01, 0.0, 0.03, 500), (0.102, 0.068, 0.139, 265), (0.04, 0.0, 0.11, 30)], "fail"),
+])
+def test_ceiling_outcome_follows_the_ci(rows_ci, outcome):
+    [gate] = evaluate(parse_policy(CEILING), _ci_results(rows_ci))
+    assert gate["outcome"] == outcome
+    assert gate["passed"] is (outcome == "pass")  # inconclusive counts as fail by default
+    assert (gate["images_to_settle"] is None) == (outcome != "inconclusive")
+
+
+def test_floor_outcomes_mirror_the_ceiling():
+    floor = CEILING.replace("max = 0.05", "min = 0.5")
+    outcome = lambda ci: evaluate(parse_policy(floor), _ci_results([ci]))[0]["outcome"]  # noqa: E731
+    assert outcome((0.7, 0.6, 0.8, 100)) == "pass"
+    assert outcome((0.3, 0.2, 0.4, 100)) == "fail"
+    assert outcome((0.55, 0.45, 0.65, 100)) == "inconclusive"
+
+
+def test_inconclusive_policy_decides_passed():
+    results = _ci_results([(0.06, 0.0, 0.15, 30)])
+    [strict] = evaluate(parse_policy(CEILING), results)
+    [lenient] = evaluate(parse_policy('inconclusive = "pass"\n' + CEILING), results)
+    assert strict["outcome"] == lenient["outcome"] == "inconclusive"
+    assert strict["passed"] is False and lenient["passed"] is True
+    assert "inconclusive" in lenient["detail"] and "counts as pass" in lenient["detail"]
+    relative = CEILING.replace("max = 0.05", "max_increase = 0.01")
+    [skipped] = evaluate(parse_policy(relative), results)
+    [rel] = evaluate(parse_policy(relative), results, baseline=results)
+    assert (skipped["outcome"], rel["outcome"], rel["passed"]) == ("skipped", "pass", True)
+    with pytest.raises(UserError, match="inconclusive must be"):
+        parse_policy('inconclusive = "maybe"\n' + CEILING)
+
+
+def test_images_to_settle_is_where_the_wilson_interval_leaves_the_bound():
+    """Checked against the Wilson interval itself: at the returned n the bound is outside
+    the interval of the observed rate, one image fewer it is still inside."""
+    from audit.policy import images_to_settle, wilson
+
+    for p, bound in [(0.06, 0.05), (0.04, 0.05), (0.3, 0.2), (0.5, 0.45), (0.01, 0.02)]:
+        n = images_to_settle(p, bound)
+        lo, hi = wilson(p, n)
+        assert not lo <= bound <= hi, (p, bound, n)
+        lo, hi = wilson(p, n - 1)
+        assert lo <= bound <= hi, (p, bound, n)
+    assert images_to_settle(0.05, 0.05) is None
+    [gate] = evaluate(parse_policy(CEILING), _ci_results([(0.06, 0.0, 0.15, 30)]))
+    assert gate["images_to_settle"] == images_to_settle(0.06, 0.05)
+    assert str(gate["images_to_settle"]) in gate["detail"]
+
+
+def test_wilson_bounds_are_the_score_test_roots():
+    """The Wilson bounds are the roots of (p - t)² = z²·t(1 - t)/n, solved independently."""
+    from audit.policy import Z95, wilson
+
+    p, n = 0.06, 30
+    a = 1 + Z95 ** 2 / n
+    b = -(2 * p + Z95 ** 2 / n)
+    roots = sorted(((-b - s * math.sqrt(b * b - 4 * a * p * p)) / (2 * a)) for s in (1, -1))
+    assert wilson(p, n) == pytest.approx(tuple(roots))
+
+
+def test_small_group_without_ci_gets_its_wilson_interval():
+    """A "too few images" rate row carries no CI; its n still makes it inconclusive, not a
+    point pass."""
+    [gate] = evaluate(parse_policy(CEILING), _ci_results([(0.04, None, None, 8)]))
+    assert gate["outcome"] == "inconclusive"
+
+
+def test_gate_matches_headline_rows_unless_it_names_a_template():
+    rows = [(0.01, 0.0, 0.02, 900)]
+    results = _ci_results(rows, template="ensemble")
+    per_template = _ci_results([(0.3, 0.25, 0.35, 900)], template="a photo of {}")
+    results["probes"]["p"]["rows"] += per_template["probes"]["p"]["rows"]
+    [headline] = evaluate(parse_policy(CEILING), results)
+    assert headline["outcome"] == "pass" and headline["value"] == pytest.approx(0.01)
+    [named] = evaluate(parse_policy(CEILING + 'template = "a photo of {}"\n'), results)
+    assert named["outcome"] == "fail" and named["value"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("--policy", "[[gate]\nname = 'x'\n", "not valid TOML"),
+    ("--policy", '[[gate]]\nname = "x"\nmetric = "p.m"\nmaxx = 1\n', "unknown key"),
+    ("--baseline", "{not json", "not a results.json"),
+])
+def test_bad_policy_or_baseline_stops_before_the_model_loads(which, content, message, tmp_path,
+                                                             capsys, monkeypatch):
+    """A typo in --policy or --baseline is one line, exit 2, and no model was ever loaded."""
+    from audit import models
+    from audit.cli import main
+
+    loaded = []
+    monkeypatch.setattr(models, "load", lambda *a, **kw: loaded.append(a) or 1 / 0)
+    bad = tmp_path / ("bad.toml" if which == "--policy" else "base.json")
+    bad.write_text(content)
+    code = main(["run", "--model", "demo", "--probes", "fairface_label_bias", which, str(bad),
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and loaded == []
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+    assert str(bad) in err and not (tmp_path / "out" / "results.json").exists()
