@@ -56,7 +56,8 @@ class PromptSensitivity:
         "accuracy_min": Metric("Accuracy, worst wording", "fraction", worse="down"),
         "accuracy_median": Metric("Accuracy, median wording", "fraction", worse="down"),
         "accuracy_max": Metric("Accuracy, best wording", "fraction", worse="down"),
-        "accuracy_std": Metric("Accuracy spread across wordings (std)", "points"),  # not a goal either way
+        # A spread is not a goal either way: a better model may spread more.
+        "accuracy_std": Metric("Accuracy spread across wordings (std)", "points"),
         "ensemble_gain": Metric("Ensemble gain over the median wording", "points", worse="down"),
         **{f"{r}{s}": Metric(f"{t} labels{w}", "fraction", worse="up")
            for r, t in (("crime_rate", "Crime-related"), ("non_human_rate", "Non-human"))

@@ -21,7 +21,8 @@ def compare(base: dict, cand: dict) -> dict:
     meta = probe_metas(base, cand)
     shared = [k for k in cand_rows if k in base_rows]
     rows = sorted((_pair(k, base_rows[k], cand_rows[k], meta) for k in shared), key=_rank)
-    return {"titles": {n: m.get("title") or n for n, m in meta.items()},"base": _about(base), "cand": _about(cand), "rows": rows,
+    return {"titles": {n: m.get("title") or n for n, m in meta.items()},
+            "base": _about(base), "cand": _about(cand), "rows": rows,
             "regressions": sum(r["direction"] == "worse" and r["beyond_ci"] for r in rows),
             "improvements": sum(r["direction"] == "better" and r["beyond_ci"] for r in rows),
             "only_base": len(base_rows.keys() - cand_rows.keys()),

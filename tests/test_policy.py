@@ -343,3 +343,12 @@ def test_bad_policy_or_baseline_stops_before_the_model_loads(which, content, mes
     assert code == 2 and loaded == []
     assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
     assert str(bad) in err and not (tmp_path / "out" / "results.json").exists()
+
+
+def test_report_shows_an_inconclusive_gate(tmp_path):
+    from reports.render import render_report
+
+    results = _ci_results([(0.06, 0.0, 0.15, 30)])
+    results.update(schema_version=1, gates=evaluate(parse_policy(CEILING), results))
+    html = render_report(results, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"(inconclusive: ~{results['gates'][0]['images_to_settle']} images settle it)" in html
