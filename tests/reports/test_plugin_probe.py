@@ -5,13 +5,15 @@ The plugin lives in tests/plugin_widget; `importlib.metadata.entry_points` is pa
 a real EntryPoint pointing at it, exactly what an installed package's metadata would give.
 """
 import importlib.metadata
+import json
 import types
 
 import pytest
 
 from audit import registry
 from audit.policy import evaluate, parse_policy
-from audit.runner import make_config, run_probes
+from audit.runner import run_probes
+from audit.settings import make_config
 
 EP = importlib.metadata.EntryPoint(name="widget", value="tests.plugin_widget.probe:WidgetProbe",
                                    group=registry.ENTRY_POINT_GROUP)
@@ -32,7 +34,8 @@ def plugin(monkeypatch):
 
 def _run(cls, gadgets, polish) -> dict:
     """results.json's probes section, through the runner's own run_probes."""
-    cfg = make_config(cls, {"gadgets": tuple(gadgets), "polish": polish})
+    # the way --set reaches it: text, converted by the plugin Config's own field types
+    cfg = make_config(cls, {"gadgets": json.dumps(list(gadgets)), "polish": json.dumps(polish)})
     ctx = types.SimpleNamespace(has=lambda role: True)
     out, errors, _ = run_probes(ctx, {"widget_audit": cfg})
     assert not errors and out["widget_audit"]["status"] == "ok"
