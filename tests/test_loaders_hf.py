@@ -191,3 +191,20 @@ def test_siglip2_naflex_folder_matches_transformers(hf_clip_dir, tmp_path):
     assert torch.equal(shapes, n["spatial_shapes"].long())
     np.testing.assert_allclose(im, torch.nn.functional.normalize(n_im, dim=-1).numpy(), atol=1e-5)
     np.testing.assert_allclose(tx, torch.nn.functional.normalize(n_tx, dim=-1).numpy(), atol=1e-5)
+
+
+def test_mask_is_the_tokenizers_own(hf_clip_dir, tmp_path):
+    """The rebuilt mask equals the native tokenizer's attention_mask: CLIP (EOS-padded), CLIP padded
+    with '!', and a BERT-style tokenizer with no EOS at all."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    from audit.loaders.hf import _mask
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "face", "!", "wow"]))
+    bang = AutoTokenizer.from_pretrained(hf_clip_dir)
+    bang.pad_token = "!"
+    texts = ["wow! a face!", "a", "a face a face!"]
+    for tok in (AutoTokenizer.from_pretrained(hf_clip_dir), bang, BertTokenizer(str(tmp_path / "vocab.txt"))):
+        got = tok(texts, padding="longest", return_tensors="pt")
+        mask = _mask(got["input_ids"], tok.eos_token_id, tok.pad_token_id)
+        assert torch.equal(mask, got["attention_mask"].long()), type(tok).__name__

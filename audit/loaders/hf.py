@@ -63,6 +63,7 @@ def load_transformers(spec, **_):
     adapter = HFAdapter(model.float().eval())
     tok = HFTokenizer(tokenizer, model.config)
     adapter.uses_mask, adapter.eos_id = not tok.siglip, tokenizer.eos_token_id
+    adapter.pad_id = tokenizer.pad_token_id
     pre = HFPreprocess(processor)
     return Loaded(model=adapter, preprocess=pre, tokenizer=tok, arch=model.config.model_type,
                   source=f"transformers:{folder}", library="transformers", cls=type(model).__name__,
@@ -90,7 +91,7 @@ class HFAdapter:
 
     def __init__(self, model):
         self.hf = model
-        self.eos_id, self.uses_mask = None, True
+        self.eos_id, self.pad_id, self.uses_mask = None, None, True
         self.naflex = "spatial_shapes" in inspect.signature(model.get_image_features).parameters
 
     def to(self, device):
@@ -116,7 +117,7 @@ class HFAdapter:
 
     def encode_text(self, ids):
         if self.uses_mask:
-            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.eos_id)))
+            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.eos_id, self.pad_id)))
         return _features(self.hf.get_text_features(input_ids=ids))
 
 
@@ -138,11 +139,14 @@ def _features(out):
     return out if hasattr(out, "dim") else out.pooler_output
 
 
-def _mask(ids, eos_id):
+def _mask(ids, eos_id, pad_id=None):
     """The attention mask the tokenizer gave, rebuilt from the ids: ones through the first EOS.
-    Not `ids != pad`: LAION's repos pad with '!' (id 0), which is also text; OpenAI's pad with EOS."""
+    Not `ids != pad`: LAION's repos pad with '!' (id 0), which is also text; OpenAI's pad with EOS.
+    A tokenizer with no EOS (BERT-style, [SEP] then [PAD]) has a pad id that is never text."""
     import torch
 
+    if eos_id is None:
+        return (ids != pad_id).long()
     is_eos = ids == eos_id
     before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()  # EOS seen strictly before here
     return (before == 0).long()
