@@ -153,3 +153,58 @@ def test_clip_tokenizer_padding_with_a_real_token(hf_clip_dir, tmp_path):
     assert AutoTokenizer.from_pretrained(out).pad_token_id == 0
     _, _, _, tx = ours(str(out), images(2), texts, tmp_path)
     np.testing.assert_allclose(tx, n_tx.numpy(), atol=1e-5)
+
+
+def test_siglip2_naflex_folder_matches_transformers(hf_clip_dir, tmp_path):
+    """SigLIP 2 takes patches + a patch mask + the patch grid: all three reach get_image_features."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Siglip2Model"):
+        pytest.skip("this transformers has no Siglip2Model")
+    from transformers import AutoImageProcessor, AutoTokenizer, Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    from audit.loaders.hf import unpack_naflex
+
+    out = tmp_path / "siglip2"
+    torch.manual_seed(2)
+    cfg = Siglip2Config(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=16),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_patches=16, patch_size=8))
+    model = Siglip2Model(cfg).eval()
+    model.save_pretrained(out)
+    Siglip2ImageProcessor(patch_size=8, max_num_patches=16).save_pretrained(out)
+    AutoTokenizer.from_pretrained(hf_clip_dir).save_pretrained(out)
+    imgs = images(3)
+    proc, tok = AutoImageProcessor.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    n = proc(images=imgs, return_tensors="pt")
+    with torch.no_grad():
+        n_im = _t(model.get_image_features(pixel_values=n["pixel_values"], pixel_attention_mask=n["pixel_attention_mask"],
+                                          spatial_shapes=n["spatial_shapes"]))
+        # Siglip2Processor's defaults; the CLIP vocab comes back as a Siglip2Tokenizer (AutoTokenizer
+        # goes by the model type): odd ids, but the same odd ids natively and here
+        ids = tok(TEXTS, padding="max_length", truncation=True, max_length=16, return_tensors="pt")["input_ids"]
+        n_tx = _t(model.get_text_features(input_ids=ids))
+    bundle, pix, im, tx = ours(str(out), imgs, TEXTS, tmp_path)
+    pv, mask, shapes = unpack_naflex(pix)
+    assert bundle.info.cls == "Siglip2Model" and bundle.info.tokenizer["padding"] == "max_length"
+    assert torch.allclose(pv, n["pixel_values"], atol=1e-6) and torch.equal(mask, n["pixel_attention_mask"].long())
+    assert torch.equal(shapes, n["spatial_shapes"].long())
+    np.testing.assert_allclose(im, torch.nn.functional.normalize(n_im, dim=-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(tx, torch.nn.functional.normalize(n_tx, dim=-1).numpy(), atol=1e-5)
+
+
+def test_mask_is_the_tokenizers_own(hf_clip_dir, tmp_path):
+    """The rebuilt mask equals the native tokenizer's attention_mask: CLIP (EOS-padded), CLIP padded
+    with '!', and a BERT-style tokenizer with no EOS at all."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    from audit.loaders.hf import _mask
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "face", "!", "wow"]))
+    bang = AutoTokenizer.from_pretrained(hf_clip_dir)
+    bang.pad_token = "!"
+    texts = ["wow! a face!", "a", "a face a face!"]
+    for tok in (AutoTokenizer.from_pretrained(hf_clip_dir), bang, BertTokenizer(str(tmp_path / "vocab.txt"))):
+        got = tok(texts, padding="longest", return_tensors="pt")
+        mask = _mask(got["input_ids"], tok.eos_token_id, tok.pad_token_id)
+        assert torch.equal(mask, got["attention_mask"].long()), type(tok).__name__

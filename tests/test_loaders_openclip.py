@@ -201,3 +201,29 @@ def test_checkpoint_file_uses_its_configs_tokenizer(custom, tmp_path):
     tx = Embedder(bundle, cache_dir=None, progress=False)._encode(bundle.tokenizer(texts), image=False)
     np.testing.assert_allclose(tx, n_tx, atol=1e-5)
     np.testing.assert_allclose(im, _native(model, pre, native_tok)[1], atol=1e-5)
+
+
+def test_open_clip_repo_in_populated_hf_cache(micro_dir, tmp_path, monkeypatch):
+    """`hf-hub:ORG/NAME` and a bare `ORG/NAME` in open_clip layout resolve offline from the HF cache
+    and give open_clip's own vectors for that repo."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+    import open_clip
+
+    cache, rev = tmp_path / "hub", "cd" * 20
+    shutil.copytree(micro_dir, cache / "models--acme--tiny-oc" / "snapshots" / rev)
+    (cache / "models--acme--tiny-oc" / "refs").mkdir()
+    (cache / "models--acme--tiny-oc" / "refs" / "main").write_text(rev)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    model, _, pre = open_clip.create_model_and_transforms("hf-hub:acme/tiny-oc", cache_dir=str(cache))
+    n = _native(model.eval(), pre, open_clip.get_tokenizer("hf-hub:acme/tiny-oc", cache_dir=str(cache)))
+    for spec in ("hf-hub:acme/tiny-oc", "acme/tiny-oc"):
+        bundle, pix, im, tx = _ours(spec)
+        assert bundle.info.loader == "open_clip-hf-hub", spec
+        assert torch.allclose(pix, n[0], atol=1e-6)
+        np.testing.assert_allclose(im, n[1], atol=1e-5)
+        np.testing.assert_allclose(tx, n[2], atol=1e-5)

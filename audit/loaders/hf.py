@@ -5,6 +5,7 @@ id in the local HF cache (`ORG/NAME`, `hf-hub:ORG/NAME` in transformers layout),
 The adapter gives the Embedder what it asks of every model: encode_image(pixels),
 encode_text(token ids), preprocess(PIL)->tensor from the repo's own image processor, and
 tokenizer(list[str])->ids with the model's own padding convention."""
+import inspect
 from pathlib import Path
 
 from audit.errors import UserError
@@ -62,6 +63,7 @@ def load_transformers(spec, **_):
     adapter = HFAdapter(model.float().eval())
     tok = HFTokenizer(tokenizer, model.config)
     adapter.uses_mask, adapter.eos_id = not tok.siglip, tokenizer.eos_token_id
+    adapter.pad_id = tokenizer.pad_token_id
     pre = HFPreprocess(processor)
     return Loaded(model=adapter, preprocess=pre, tokenizer=tok, arch=model.config.model_type,
                   source=f"transformers:{folder}", library="transformers", cls=type(model).__name__,
@@ -89,7 +91,8 @@ class HFAdapter:
 
     def __init__(self, model):
         self.hf = model
-        self.eos_id, self.uses_mask = None, True
+        self.eos_id, self.pad_id, self.uses_mask = None, None, True
+        self.naflex = "spatial_shapes" in inspect.signature(model.get_image_features).parameters
 
     def to(self, device):
         self.hf.to(device)
@@ -106,12 +109,29 @@ class HFAdapter:
         return repr(self.hf)
 
     def encode_image(self, pixels):
+        if self.naflex:
+            pixels, mask, shapes = unpack_naflex(pixels)
+            return _features(self.hf.get_image_features(pixel_values=pixels, pixel_attention_mask=mask,
+                                                        spatial_shapes=shapes))
         return _features(self.hf.get_image_features(pixel_values=pixels))
 
     def encode_text(self, ids):
         if self.uses_mask:
-            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.eos_id)))
+            return _features(self.hf.get_text_features(input_ids=ids, attention_mask=_mask(ids, self.eos_id, self.pad_id)))
         return _features(self.hf.get_text_features(input_ids=ids))
+
+
+def pack_naflex(pixels, mask, shapes):
+    """One tensor per image, so the Embedder can stack it like any other: SigLIP 2's processor
+    gives (patches, dim) pixels, a (patches,) mask and a (2,) grid; they travel as 3 extra columns."""
+    import torch
+
+    extra = torch.stack([mask.float(), *(torch.full_like(mask, int(v)).float() for v in shapes)], dim=1)
+    return torch.cat([pixels.float(), extra], dim=1)
+
+
+def unpack_naflex(packed):
+    return packed[..., :-3], packed[..., -3].long(), packed[:, 0, -2:].long()
 
 
 def _features(out):
@@ -119,11 +139,14 @@ def _features(out):
     return out if hasattr(out, "dim") else out.pooler_output
 
 
-def _mask(ids, eos_id):
+def _mask(ids, eos_id, pad_id=None):
     """The attention mask the tokenizer gave, rebuilt from the ids: ones through the first EOS.
-    Not `ids != pad`: LAION's repos pad with '!' (id 0), which is also text; OpenAI's pad with EOS."""
+    Not `ids != pad`: LAION's repos pad with '!' (id 0), which is also text; OpenAI's pad with EOS.
+    A tokenizer with no EOS (BERT-style, [SEP] then [PAD]) has a pad id that is never text."""
     import torch
 
+    if eos_id is None:
+        return (ids != pad_id).long()
     is_eos = ids == eos_id
     before = torch.cumsum(is_eos.int(), dim=1) - is_eos.int()  # EOS seen strictly before here
     return (before == 0).long()
@@ -157,7 +180,10 @@ class HFPreprocess:
         self.processor = processor
 
     def __call__(self, image):
-        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        out = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        if "spatial_shapes" in out:  # SigLIP 2 (NaFlex): patches + which are real + the patch grid
+            return pack_naflex(out["pixel_values"][0], out["pixel_attention_mask"][0], out["spatial_shapes"][0])
+        return out["pixel_values"][0]
 
     def __repr__(self):
         return f"HFPreprocess({self.processor.to_json_string()})"

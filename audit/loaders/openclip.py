@@ -96,21 +96,22 @@ def _read_config(path: Path, label: str) -> dict:
 
 
 def _hub_is_open_clip(spec, pre):
-    if not spec.startswith("hf-hub:"):
-        return False
     from audit.loaders.hf import cached_repo_layout
 
+    if not spec.startswith("hf-hub:"):  # a bare ORG/NAME cached in open_clip layout is one too
+        return spec.count("/") == 1 and not Path(spec).exists() and cached_repo_layout(spec) == "open_clip"
     return cached_repo_layout(spec[len("hf-hub:"):]) != "transformers"
 
 
 @register_model_loader("open_clip-hf-hub", order=10, matches=_hub_is_open_clip,
-                       doc="hf-hub:ORG/REPO in open_clip layout (cached offline)")
+                       doc="hf-hub:ORG/REPO or ORG/REPO in open_clip layout (cached offline)")
 def load_hub(spec, **_):
     import open_clip
 
     from audit import hub
 
     online = hub.prepare()
+    spec = spec if spec.startswith("hf-hub:") else f"hf-hub:{spec}"
     try:
         with held_warnings():
             model, _, preprocess = open_clip.create_model_and_transforms(spec)
