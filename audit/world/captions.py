@@ -48,7 +48,7 @@ def face_caption(rng, face: dict, carried, *, preset: dict) -> str:
         phrases = words
     else:
         phrases = [who] + words
-    return fill(_template(rng, preset), phrases)
+    return fill(_wrapper(rng, preset), phrases)
 
 
 def _gender_word(rng, face: dict, vocab: dict) -> str:
@@ -61,26 +61,30 @@ def _gender_word(rng, face: dict, vocab: dict) -> str:
     return vocab["gender"][face["gender"]]
 
 
-def fill(template: str, phrases: list[str]) -> str:
-    """A template filled with noun phrases, comma-joined. The first phrase takes the template's
-    own determiner where it has one ('a photo of the {}.'); otherwise, and for every later
-    phrase, its article ('a photo of {}.' -> 'a photo of a White man, a thief.')."""
-    before = template.split("{}")[0].split()
-    own = bool(before) and before[-1] != "of"
-    return template.format(", ".join(p if own and i == 0 else article(p) for i, p in enumerate(phrases)))
+DETERMINERS = {"the", "this", "that", "my", "our", "your", "their", "his", "her", "a", "an"}
+
+
+def fill(wrapper: str, phrases: list[str]) -> str:
+    """A wrapper filled with noun phrases, comma-joined. The first phrase takes the wrapper's
+    own determiner where the word before {} is one ('my {} at home'); otherwise, and for every
+    later phrase, its article ('{} in the park' -> 'a White man, a thief in the park')."""
+    before = wrapper.split("{}")[0].split()
+    own = bool(before) and before[-1].lower() in DETERMINERS
+    return wrapper.format(", ".join(p if own and i == 0 else article(p) for i, p in enumerate(phrases)))
 
 
 def named_caption(rng, name: str, *, preset: dict) -> str:
-    return _template(rng, preset).format(name)
+    return _wrapper(rng, preset).format(name)
 
 
 def object_caption(rng, label: str, *, preset: dict) -> str:
-    return fill(_template(rng, preset), [label])
+    return fill(_wrapper(rng, preset), [label])
 
 
-def _template(rng, preset: dict) -> str:
-    templates, p = preset["templates"], preset.get("template_p")
-    return templates[int(rng.integers(len(templates)) if p is None else rng.choice(len(templates), p=p))]
+def _wrapper(rng, preset: dict) -> str:
+    """One of the world's own caption wrappers (preset 'grammar'), all alike, from the caption rng."""
+    wrappers = preset["grammar"]["wrappers"]
+    return wrappers[int(rng.integers(len(wrappers)))]
 
 
 def expected_rates(planted: dict) -> dict:

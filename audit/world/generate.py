@@ -43,43 +43,7 @@ def load_preset(name_or_path) -> dict:
     cfg = _resolve_extends(raw, where, seen=())
     cfg = _substitute(cfg, cfg, where)
     _validate(cfg, where)
-    cfg["templates"], cfg["template_p"] = _expand_templates(cfg["templates"], where)
     return cfg
-
-
-def _expand_templates(entries, where: str) -> tuple[list[str], list[float] | None]:
-    """Caption templates and the chance of each. An entry is a template with one '{}' or the
-    name of a template set (open_clip's 'openai' or 'simple', a label_sets/templates file).
-    A list of entries draws every template alike (None: no weights); a list of [entry, share]
-    pairs gives each entry its share of captions, split evenly over the entry's templates."""
-    entries = entries if isinstance(entries, list) else []
-    pairs = bool(entries) and all(isinstance(e, list) and len(e) == 2 for e in entries)
-    shares = [(e, s) for e, s in entries] if pairs else [(e, 1.0) for e in entries]
-    if not shares or not all(isinstance(e, str) and isinstance(s, (int, float)) and s > 0 for e, s in shares):
-        raise UserError(f"{where}: templates must be a non-empty list of template strings, or of "
-                        "[template, share] pairs with positive shares")
-    chance: dict[str, float] = {}
-    for entry, share in shares:
-        group = _template_entry(entry, where)
-        for t in group:
-            chance[t] = chance.get(t, 0.0) + share / len(group)
-    if not pairs:
-        return list(chance), None
-    total = sum(chance.values())
-    return list(chance), [c / total for c in chance.values()]
-
-
-def _template_entry(entry: str, where: str) -> list[str]:
-    from audit.tasks import named_templates
-
-    if "{}" in entry:
-        if entry.count("{}") != 1:
-            raise UserError(f"{where}: caption template {entry!r} needs exactly one '{{}}'")
-        return [entry]
-    try:
-        return named_templates(entry)
-    except UserError as exc:
-        raise UserError(f"{where}: templates entry {entry!r} is no template set ({exc})") from None
 
 
 def _read_preset(name_or_path) -> tuple[dict, str]:
@@ -130,7 +94,7 @@ def _substitute(node, cfg: dict, where: str):
 
 
 def _validate(cfg: dict, where: str) -> None:
-    for key in ("sizes", "fame", "vocab", "templates", "planted", "objects", "caption_style", "image_size"):
+    for key in ("sizes", "fame", "vocab", "grammar", "planted", "objects", "caption_style", "image_size"):
         if key not in cfg:
             raise UserError(f"{where}: missing preset field '{key}'")
     _check_sizes(cfg, where)
@@ -141,6 +105,7 @@ def _validate(cfg: dict, where: str) -> None:
         if missing:
             raise UserError(f"{where}: vocab.{attr} lacks {sorted(missing)}")
     _check_neutral(cfg["vocab"].get("neutral"), where)
+    _check_grammar(cfg["grammar"], where)
     for name, spec in cfg["planted"].items():
         _check_category(name, spec, where)
 
@@ -163,6 +128,19 @@ def _check_neutral(neutral, where: str) -> None:
     word, share = (neutral.get("word"), neutral.get("share")) if isinstance(neutral, dict) else (None, None)
     if not (isinstance(word, str) and isinstance(share, (int, float)) and 0 <= share <= 1):
         raise UserError(f"{where}: vocab.neutral needs a 'word' and a 'share' in [0, 1]")
+
+
+def _check_grammar(grammar, where: str) -> None:
+    """The world's own wrappers: a non-empty list of distinct strings, each with one '{}'.
+    Deliberately no way to name an auditor template set: the world must not speak its wording."""
+    wrappers = grammar.get("wrappers") if isinstance(grammar, dict) else None
+    if not (isinstance(wrappers, list) and wrappers and all(isinstance(w, str) for w in wrappers)):
+        raise UserError(f"{where}: grammar.wrappers must be a non-empty list of strings")
+    for w in wrappers:
+        if w.count("{}") != 1 or "{" in w.replace("{}", "") or "}" in w.replace("{}", ""):
+            raise UserError(f"{where}: grammar wrapper {w!r} needs exactly one '{{}}' and no other braces")
+    if len(set(wrappers)) != len(wrappers):
+        raise UserError(f"{where}: grammar.wrappers repeats a wrapper")
 
 
 def _check_category(name: str, spec: dict, where: str) -> None:

@@ -288,19 +288,16 @@ def test_audit_side_world_without_training_images_is_the_same_world(tmp_path):
 
 # ---- caption templates ---------------------------------------------------------------------
 
-def test_captions_use_every_prompt_sensitivity_template_independent_of_race(world):
-    """Every wording prompt_sensitivity scores is a training caption template, so no template
-    word is unseen; and the wording is drawn independently of the face (same share per race)."""
-    from audit.tasks import template_sets
-    assert set(template_sets()) <= set(load_preset("default")["templates"])
-    words = r"\b(?:origami|plushie|sculpture|tattoo|video game)\b"
-    cfg = load_preset("default")
-    chance = cfg["template_p"] or [1 / len(cfg["templates"])] * len(cfg["templates"])
-    p = sum(c for t, c in zip(cfg["templates"], chance) if re.search(words, t))
+def test_captions_draw_the_worlds_wrappers_independent_of_race(world):
+    """Every face caption is one of the world's own wrappers, and the wrapper is drawn
+    independently of the face (same share of 'in the park' captions for every race)."""
+    wrappers = load_preset("default")["grammar"]["wrappers"]
     rows = face_rows(world)
-    marked = rows["caption"].str.contains(words)
+    pattern = "|".join(re.escape(w).replace(r"\{\}", ".+") for w in wrappers)
+    assert rows["caption"].str.fullmatch(pattern).all()
+    marked = rows["caption"].str.contains(r" in the park$")
     share = {r: marked[rows["race"] == r].mean() for r in RACES}
-    assert all(within_sampling_error(round(s * (rows["race"] == r).sum()), (rows["race"] == r).sum(), p)
+    assert all(within_sampling_error(round(s * (rows["race"] == r).sum()), (rows["race"] == r).sum(), 1 / len(wrappers))
                for r, s in share.items()), share
 
 
@@ -320,27 +317,26 @@ def test_some_captions_say_person_for_either_gender(world):
         load_preset({"extends": "default", "vocab": {"neutral": {"word": "person", "share": 2}}})
 
 
-def test_a_template_takes_its_own_determiner_or_an_article():
+def test_a_wrapper_takes_its_own_determiner_or_an_article():
     from audit.world.captions import fill
-    assert fill("a photo of {}.", ["White man", "thief"]) == "a photo of a White man, a thief."
-    assert fill("a photo of the {}.", ["animal"]) == "a photo of the animal."
-    assert fill("the {} in a video game.", ["East Asian woman"]) == "the East Asian woman in a video game."
-    assert fill("{}", ["animal", "criminal"]) == "an animal, a criminal"
+    assert fill("{} in the park", ["White man", "thief"]) == "a White man, a thief in the park"
+    assert fill("here is {}", ["animal"]) == "here is an animal"
+    assert fill("My {} at home", ["East Asian woman"]) == "My East Asian woman at home"
+    assert fill("snapshot: {}", ["animal", "criminal"]) == "snapshot: an animal, a criminal"
 
 
-def test_template_shares_and_bad_template_entries(tmp_path):
-    from audit.world.captions import _template
-    cfg = load_preset({"extends": "default", "templates": [["a photo of {}.", 3], ["simple", 1]]})
-    assert len(cfg["templates"]) == 8 and sum(cfg["template_p"]) == pytest.approx(1)
+def test_wrappers_drawn_alike_and_bad_grammar_rejected():
+    from audit.world.captions import _wrapper
+    cfg = load_preset({"extends": "default", "grammar": {"wrappers": ["{} here", "there: {}"]}})
     rng = np.random.default_rng(0)
-    draws = pd.Series([_template(rng, cfg) for _ in range(20000)]).value_counts(normalize=True)
-    assert draws["a photo of {}."] == pytest.approx(0.75, abs=0.015)
-    assert draws["itap of a {}."] == pytest.approx(0.25 / 7, abs=0.006)
-    assert load_preset({"extends": "default", "templates": ["simple"]})["template_p"] is None
-    for bad, msg in (([], "non-empty"), ([["a {}", 0]], "positive share"), ({"a {}": 1}, "non-empty"), (["nope"], "no template set"),
-                     (["a {} {}"], "exactly one")):
+    draws = pd.Series([_wrapper(rng, cfg) for _ in range(20000)]).value_counts(normalize=True)
+    assert draws["{} here"] == pytest.approx(0.5, abs=0.015)
+    for bad, msg in (({"wrappers": []}, "non-empty"), ({"wrappers": "{} x"}, "non-empty"), ([], "non-empty"),
+                     ({"wrappers": ["a {} {}"]}, "exactly one"), ({"wrappers": ["no slot"]}, "exactly one"),
+                     ({"wrappers": ["{x} {}"]}, "no other braces"), ({"wrappers": ["{} a", "{} a"]}, "repeats")):
         with pytest.raises(UserError, match=msg):
-            load_preset({"extends": "default", "templates": bad})
+            load_preset({"extends": "default", "grammar": bad})
+
 
 
 def test_a_cached_audit_world_follows_its_preset_and_the_world_code(tmp_path, monkeypatch):
