@@ -5,11 +5,10 @@ Policy format (see examples/policy.toml)::
     [[gate]]
     name = "non-human rate by race"              # required, shown in reports and CI logs
     metric = "fairface_label_bias.non_human_rate"  # required: "<probe>.<row metric>"
-    label_set = "default"                        # optional row filters: label_set, group_by,
-    group_by = "race"                            #   group, template, and any key a registered
-    group = ["Black", "White"]                   #   probe declares in `row_keys` (plugins too);
-                                                 #   a list means "any of"
-    where = { widget = "x" }                     # filters on any other row key
+    label_set = "default"                        # optional row filters: any tidy-row key
+    group_by = "race"                            #   (label_set, group_by, group, task,
+    group = ["Black", "White"]                   #   template, ...); a list means "any of"
+    where = { widget = "x" }                     # filters on keys of third-party probes
     aggregate = "max"                            # max | min | mean | value
     max = 0.05                                   # absolute bounds: max and/or min
     min = 0.0
@@ -25,13 +24,6 @@ named "<name> (vs baseline)", which is skipped (passed, with the reason) when no
 is given. A gate whose metric matches no row fails: a typo must never pass silently.
 Results: `{"name", "passed", "value", "threshold", "detail"}`; a skipped gate has
 `"passed": null` and `"skipped": true`, and does not fail the run.
-
-Absolute gates are CI-aware: `outcome` is "pass" (every matching row's CI is on the bound's
-side), "fail" (some row's CI lies wholly beyond it) or "inconclusive" (a CI straddles it), with
-`images_to_settle`: how many images per group would settle it at the observed rate (Wilson
-arithmetic, see images_to_settle). The top-level `inconclusive = "fail" | "pass"` (default
-"fail") folds that into `passed`, which alone decides the exit code. A gate sees only the
-headline rows (no `template` key, or template "ensemble") unless it names a `template`.
 """
 from __future__ import annotations
 
@@ -41,13 +33,12 @@ from pathlib import Path
 
 from audit.errors import UserError
 
+ROW_FILTERS = ("label_set", "group_by", "group", "template", "corruption", "severity", "k",
+               "candidates", "split", "attribute", "task", "concept")
 ABSOLUTE = ("max", "min")
 RELATIVE = ("max_increase", "max_decrease")
-GATE_KEYS = ("name", "metric", "aggregate", "where", *ABSOLUTE, *RELATIVE)
+GATE_KEYS = ("name", "metric", "aggregate", "where", *ABSOLUTE, *RELATIVE, *ROW_FILTERS)
 AGGREGATES = ("max", "min", "mean", "value")
-INCONCLUSIVE = ("fail", "pass")
-Z95 = 1.959963984540054  # the two-sided 95% normal quantile, as in the probes' CIs
-HEADLINE_TEMPLATES = (None, "ensemble")  # rows a gate matches unless it names a template
 
 
 def load_policy(path: Path) -> dict:
@@ -60,35 +51,19 @@ def load_policy(path: Path) -> dict:
     return parse_policy(text, source=str(path))
 
 
-def check_inputs(policy: Path | None, baseline: Path | None) -> None:
-    """Read and check --policy and --baseline before any model loads: a TOML typo must stop
-    the run in one line (exit 2) before minutes of work, not discard them at the end. The
-    runner reads both again when it evaluates the gates; they are small."""
-    from audit import results
-
-    if policy:
-        load_policy(policy)
-    if baseline:
-        results.read(baseline)
-
-
 def parse_policy(text: str, *, source: str = "<policy>") -> dict:
     try:
         doc = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, RecursionError, ValueError) as exc:
         raise UserError(f"{source}: not valid TOML ({exc})") from None
-    unknown = set(doc) - {"gate", "inconclusive"}
+    unknown = set(doc) - {"gate"}
     if unknown:
         raise UserError(f"{source}: unknown top-level key(s) {sorted(unknown)}; "
-                        "a policy holds [[gate]] tables and 'inconclusive'")
-    inconclusive = doc.get("inconclusive", "fail")
-    if inconclusive not in INCONCLUSIVE:
-        raise UserError(f"{source}: inconclusive must be \"fail\" or \"pass\", got {inconclusive!r}")
+                        "a policy holds only [[gate]] tables")
     gates = doc.get("gate", [])
     if not isinstance(gates, list):
         raise UserError(f"{source}: 'gate' must be an array of tables ([[gate]])")
-    return {"gates": [_check_gate(g, i, source) for i, g in enumerate(gates, 1)],
-            "inconclusive": inconclusive}
+    return {"gates": [_check_gate(g, i, source) for i, g in enumerate(gates, 1)]}
 
 
 def _check_gate(gate, index: int, source: str) -> dict:
@@ -97,7 +72,7 @@ def _check_gate(gate, index: int, source: str) -> dict:
         raise UserError(f"{where}: must be a table")
     if isinstance(gate.get("name"), str) and gate["name"].strip():
         where = f"{source}: gate {gate['name']!r}"
-    unknown = sorted(set(gate) - set(GATE_KEYS) - set(row_filters()))
+    unknown = sorted(set(gate) - set(GATE_KEYS))
     if unknown:
         raise UserError(f"{where}: unknown key(s) {unknown} (filters on other row keys go "
                         "in 'where = {{...}}')")
@@ -111,15 +86,6 @@ def _check_gate(gate, index: int, source: str) -> dict:
         raise UserError(f"{where}: needs a bound (max, min, max_increase or max_decrease)")
     return {"name": gate["name"], "metric": gate["metric"], **bounds,
             "aggregate": _aggregate(gate, bounds, where), "filters": _filters(gate, where)}
-
-
-def row_filters() -> tuple[str, ...]:
-    """Row keys a gate may name at top level: the common ones plus every registered probe's
-    declared `row_keys` (plugins included), so no table of built-in probes lives here."""
-    from audit.registry import BASE_ROW_KEYS, known_meta
-
-    extra = [k for meta in known_meta().values() for k in meta.get("row_keys", [])]
-    return tuple(dict.fromkeys([*BASE_ROW_KEYS, "template", *extra]))
 
 
 def _number(value, key: str, where: str) -> float:
@@ -142,7 +108,7 @@ def _filters(gate: dict, where: str) -> dict:
     extra = gate.get("where", {})
     if not isinstance(extra, dict):
         raise UserError(f"{where}: 'where' must be a table of row filters")
-    filters = {**{k: gate[k] for k in row_filters() if k in gate}, **extra}
+    filters = {**{k: gate[k] for k in ROW_FILTERS if k in gate}, **extra}
     for key, want in filters.items():
         options = want if isinstance(want, list) else [want]
         if not options or not all(isinstance(v, (str, int, float, bool)) for v in options):
@@ -153,101 +119,28 @@ def _filters(gate: dict, where: str) -> dict:
 
 def evaluate(policy: dict, results: dict, *, baseline: dict | None = None) -> list[dict]:
     """One result dict per absolute gate and per relative gate, in policy order."""
-    out, inconclusive = [], policy.get("inconclusive", "fail")
+    out = []
     for gate in policy.get("gates", []):
         if any(k in gate for k in ABSOLUTE):
-            out.append(_absolute(gate, results, inconclusive))
+            out.append(_absolute(gate, results))
         if any(k in gate for k in RELATIVE):
             out.append(_relative(gate, results, baseline))
     return out
 
 
-def _absolute(gate: dict, results: dict, inconclusive: str = "fail") -> dict:
+def _absolute(gate: dict, results: dict) -> dict:
     value, problem = _measure(gate, results)
     threshold = {k: gate[k] for k in ABSOLUTE if k in gate}
     threshold = next(iter(threshold.values())) if len(threshold) == 1 else threshold
     if problem:
         return _result(gate["name"], False, value, threshold, problem)
-    outcomes = _outcomes(gate, _matching_rows(gate, results), value,
-                         _is_fraction(gate, results))
-    outcome = ("fail" if any(o == "fail" for o, _ in outcomes) else
-               "pass" if all(o == "pass" for o, _ in outcomes) else "inconclusive")
-    settle = [n for o, n in outcomes if o == "inconclusive"]
-    settle = None if outcome != "inconclusive" or None in settle else max(settle)
+    passed = gate.get("max", math.inf) >= value >= gate.get("min", -math.inf)
     what = "the one matching row" if gate["aggregate"] == "value" else \
         f"{gate['aggregate']} over matching rows"
     bound = " and ".join(f"{'<=' if k == 'max' else '>='} {gate[k]:g}" for k in ABSOLUTE
                          if k in gate)
-    detail = f"{what} = {value:.4g}; must be {bound}"
-    if outcome == "inconclusive":
-        detail += (f"; inconclusive: a CI straddles the bound (counts as {inconclusive})" +
-                   (f"; ~{settle} images per group would settle it at the observed rate"
-                    if settle else ""))
-    passed = outcome == "pass" or (outcome == "inconclusive" and inconclusive == "pass")
-    return {**_result(gate["name"], passed, value, threshold, detail), "outcome": outcome,
-            "images_to_settle": settle}
-
-
-def _outcomes(gate: dict, rows: list[dict], value: float, fraction: bool) -> list[tuple]:
-    """(outcome, images that would settle it) per row and bound. A ceiling over the worst
-    group (aggregate max or value) must hold for every row, so each row's CI is judged; so is
-    a floor under aggregate min or value. Other combinations (a mean, the max of a floor) have
-    no CI here and are judged on the aggregate alone."""
-    out = []
-    for key in (k for k in ABSOLUTE if k in gate):
-        if gate["aggregate"] in (key, "value"):
-            out += [_bound_outcome(key, gate[key], r, fraction) for r in rows]
-        else:
-            ok = value <= gate[key] if key == "max" else value >= gate[key]
-            out.append(("pass" if ok else "fail", None))
-    return out
-
-
-def _bound_outcome(key: str, bound: float, row: dict, fraction: bool) -> tuple[str, int | None]:
-    """A bound is met when the whole CI is on its side (a ceiling passes when the upper end
-    is at or under it), broken when the whole CI is beyond it, else inconclusive. A row
-    without a CI is judged on its value alone."""
-    lo, hi = _ci(row, fraction)
-    ok, broken = (hi <= bound, lo > bound) if key == "max" else (lo >= bound, hi < bound)
-    if ok or broken:
-        return ("pass" if ok else "fail"), None
-    return "inconclusive", images_to_settle(row["value"], bound) if fraction else None
-
-
-def _ci(row: dict, fraction: bool) -> tuple[float, float]:
-    """The row's CI; a rate row with n but no CI (a small group) gets its Wilson interval."""
-    lo, hi, n = row.get("ci_low"), row.get("ci_high"), row.get("n")
-    if _is_number(lo) and _is_number(hi):
-        return float(lo), float(hi)
-    if fraction and isinstance(n, int) and n > 0 and 0 <= row["value"] <= 1:
-        return wilson(row["value"], n)
-    return float(row["value"]), float(row["value"])
-
-
-def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a rate p observed on n images."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def images_to_settle(p: float, bound: float, z: float = Z95) -> int | None:
-    """The fewest images at which a rate p, if it held, would put `bound` outside the 95%
-    Wilson interval, i.e. settle the gate either way.
-
-    The Wilson interval is exactly the set of t with |p - t| <= z·sqrt(t(1 - t)/n) (the score
-    test inverted), so `bound` falls outside once n > z²·bound(1 - bound)/(p - bound)².
-    None when p == bound: no number of images settles a rate sitting on its bound."""
-    if p == bound:
-        return None
-    return math.floor(z * z * bound * (1 - bound) / (p - bound) ** 2) + 1
-
-
-def _is_fraction(gate: dict, results: dict) -> bool:
-    """Whether the gate's metric is a rate, by its probe's own description in the results."""
-    probe_name, metric = gate["metric"].split(".")
-    meta = ((results.get("probes") or {}).get(probe_name) or {}).get("meta") or {}
-    return (meta.get("metrics") or {}).get(metric, {}).get("unit") == "fraction"
+    return _result(gate["name"], passed, value, threshold,
+                   f"{what} = {value:.4g}; must be {bound}")
 
 
 def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
@@ -273,10 +166,8 @@ def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
 
 
 def _result(name, passed, value, threshold, detail) -> dict:
-    outcome = "skipped" if passed is None else "pass" if passed else "fail"
     return {"name": name, "passed": None if passed is None else bool(passed), "value": value,
-            "threshold": threshold, "detail": detail, "outcome": outcome,
-            "images_to_settle": None}
+            "threshold": threshold, "detail": detail}
 
 
 def _measure(gate: dict, results: dict) -> tuple[float | None, str | None]:
@@ -287,8 +178,9 @@ def _measure(gate: dict, results: dict) -> tuple[float | None, str | None]:
         return None, f"probe {probe_name!r} is not in the results"
     if probe.get("status", "ok") != "ok":
         return None, f"probe {probe_name!r} has status {probe.get('status')!r}"
-    rows = _matching_rows(gate, results)
-    values = [r["value"] for r in rows]
+    rows = [r for r in probe.get("rows") or [] if r.get("metric") == metric
+            and _matches(r, gate["filters"])]
+    values = [r["value"] for r in rows if _is_number(r.get("value"))]
     described = _describe(metric, gate["filters"])
     if not values:
         return None, f"no row with a value matches {described}"
@@ -297,17 +189,6 @@ def _measure(gate: dict, results: dict) -> tuple[float | None, str | None]:
         return None, f"aggregate 'value' needs exactly one row, {len(rows)} match {described}"
     reduce = {"max": max, "min": min, "mean": lambda v: sum(v) / len(v), "value": lambda v: v[0]}
     return float(reduce[agg](values)), None
-
-
-def _matching_rows(gate: dict, results: dict) -> list[dict]:
-    """The rows with a value that the gate judges: its metric and filters, and only the
-    headline rows (no template, or the wording ensemble) unless it names a template."""
-    probe_name, metric = gate["metric"].split(".")
-    probe = (results.get("probes") or {}).get(probe_name) or {}
-    headline = "template" in gate["filters"] or None
-    return [r for r in probe.get("rows") or [] if r.get("metric") == metric
-            and _matches(r, gate["filters"]) and _is_number(r.get("value"))
-            and (headline or r.get("template") in HEADLINE_TEMPLATES)]
 
 
 def _is_number(v) -> bool:
@@ -336,8 +217,6 @@ def print_gates(gates: list[dict], console) -> None:
         table.add_column(col, justify="right" if col in ("value", "threshold") else "left")
     for g in gates:
         word, style = (("SKIP", "dim") if g.get("passed") is None else
-                       ("INCONCLUSIVE → " + ("PASS" if g["passed"] else "FAIL"), "yellow")
-                       if g.get("outcome") == "inconclusive" else
                        ("PASS", "green") if g["passed"] else ("FAIL", "bold red"))
         value = "–" if g.get("value") is None else f"{g['value']:.4g}"
         table.add_row(g["name"], Text(word, style), value, str(g.get("threshold")),

@@ -75,14 +75,12 @@ class ProbeContext:
 def run(opts: RunOptions) -> dict:
     """The whole audit; returns the results dict after writing results.json and report.html."""
     from audit import distributed, embed, models
-    from audit.policy import check_inputs
     from audit.settings import probe_configs
 
     started, clock = _now(), {}
     configs = probe_configs(opts.probes, opts.overrides)  # a typo fails before minutes of loading
     if distributed.is_main():
         check_writable_dir(opts.out)  # as must an --out that cannot take the results
-    check_inputs(opts.policy, opts.baseline)  # so does one in --policy or --baseline
     device = distributed.setup(opts.device)  # under torchrun: join the group, pick this rank's device
     progress = opts.progress and distributed.is_main()
     with _phase(clock, "load"):
@@ -120,7 +118,7 @@ def _phase(clock: dict, name: str):
 
 
 def run_probes(ctx: ProbeContext, configs: dict):
-    from audit.registry import get_probe, probe_meta
+    from audit.registry import get_probe
     from audit.results import ProbeResult
 
     out, user_errors, examples = {}, [], {}
@@ -128,14 +126,11 @@ def run_probes(ctx: ProbeContext, configs: dict):
         cls = get_probe(name)
         missing = [r for r in cls.requires if not ctx.has(r)]
         if missing:
-            result = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg)
-        else:
-            log.info("running probe %s", name)
-            result = _run_one(cls, ctx, cfg, user_errors)
-            examples[name] = result.examples
-        # The probe's self-description travels with its numbers: compare, gates and the report
-        # read titles, units and directions from here, never from a table of built-ins.
-        out[name] = {**result.to_json(), "meta": probe_meta(cls)}
+            out[name] = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg).to_json()
+            continue
+        log.info("running probe %s", name)
+        result = _run_one(cls, ctx, cfg, user_errors)
+        out[name], examples[name] = result.to_json(), result.examples
     return out, user_errors, examples
 
 

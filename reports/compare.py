@@ -2,9 +2,8 @@
 
 A row's key is its probe plus every identifying key (metric, label_set, group_by, group and any
 extra key such as template or k); value, CI, n and note are the compared numbers. Whether up or
-down is worse is the probe's own word: `probes.<name>.meta.metrics.<metric>.worse` in the
-results (audit.registry.Metric). A results.json written before meta existed falls back to the
-meta of the probes registered now; a metric no probe describes has no direction ("n/a").
+down is worse depends on the metric: more denigration, skew, corruption error, or identification
+accuracy (surveillance risk) is worse; less of any other accuracy or robustness is worse.
 """
 from __future__ import annotations
 
@@ -12,17 +11,21 @@ import logging
 
 log = logging.getLogger(__name__)
 NUMBERS = ("value", "ci_low", "ci_high", "n", "note")
+UP_IS_WORSE = ("denigration", "crime", "non_human", "skew", "ndkl", "corruption_error", "mce",
+               "drop")
+DOWN_IS_WORSE = ("accuracy", "robustness")
+NOT_DIRECTIONAL = ("accuracy_std",)
+# Naming people better is a risk, not a quality, for this probe.
+SURVEILLANCE_PROBES = ("celebrity_identification",)
 ORDER = {"worse": 0, "better": 1, "unchanged": 2, "n/a": 3}
 
 
 def compare(base: dict, cand: dict) -> dict:
     """Side-by-side rows of two results.json dicts; see the module docstring."""
     base_rows, cand_rows = _index(base), _index(cand)
-    meta = probe_metas(base, cand)
     shared = [k for k in cand_rows if k in base_rows]
-    rows = sorted((_pair(k, base_rows[k], cand_rows[k], meta) for k in shared), key=_rank)
-    return {"titles": {n: m.get("title") or n for n, m in meta.items()},
-            "base": _about(base), "cand": _about(cand), "rows": rows,
+    rows = sorted((_pair(k, base_rows[k], cand_rows[k]) for k in shared), key=_rank)
+    return {"base": _about(base), "cand": _about(cand), "rows": rows,
             "regressions": sum(r["direction"] == "worse" and r["beyond_ci"] for r in rows),
             "improvements": sum(r["direction"] == "better" and r["beyond_ci"] for r in rows),
             "only_base": len(base_rows.keys() - cand_rows.keys()),
@@ -30,31 +33,17 @@ def compare(base: dict, cand: dict) -> dict:
             "probes": _statuses(base, cand)}
 
 
-def probe_metas(*results: dict) -> dict:
-    """{probe name: meta}: what the results carry (the candidate's wins), else the registry's."""
-    out = {}
-    for r in results:
-        for name, p in (r.get("probes") or {}).items():
-            if isinstance(p.get("meta"), dict):
-                out[name] = p["meta"]
-    names = {n for r in results for n in (r.get("probes") or {})} - set(out)
-    if names:  # results written before meta existed
-        from audit.registry import known_meta
-
-        known = known_meta()
-        out.update({n: known[n] for n in names if n in known})
-    return out
-
-
-def worse_direction(meta: dict, probe: str, metric: str) -> str | None:
-    """"up", "down", or None when neither way is a regression (or no probe says)."""
-    described = ((meta.get(probe) or {}).get("metrics") or {}).get(metric) or {}
-    return described.get("worse")
-
-
-def metric_title(meta: dict, probe: str, metric: str) -> str:
-    described = ((meta.get(probe) or {}).get("metrics") or {}).get(metric) or {}
-    return described.get("title") or str(metric)
+def worse_direction(probe: str, metric: str) -> str | None:
+    """"up", "down", or None when neither way is a regression."""
+    if metric in NOT_DIRECTIONAL:
+        return None
+    if probe in SURVEILLANCE_PROBES and "accuracy" in metric:
+        return "up"
+    if any(t in metric for t in UP_IS_WORSE):
+        return "up"
+    if any(t in metric for t in DOWN_IS_WORSE):
+        return "down"
+    return None
 
 
 def row_key(probe: str, row: dict) -> tuple:
@@ -78,7 +67,7 @@ def _index(results: dict) -> dict:
     return out
 
 
-def _pair(key: tuple, b: dict, c: dict, meta: dict) -> dict:
+def _pair(key: tuple, b: dict, c: dict) -> dict:
     ident = dict(key)
     bv, cv = b.get("value"), c.get("value")
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (bv, cv))
@@ -88,9 +77,7 @@ def _pair(key: tuple, b: dict, c: dict, meta: dict) -> dict:
             "cand_ci": [c.get("ci_low"), c.get("ci_high")],
             "base_n": b.get("n"), "cand_n": c.get("n"),
             "beyond_ci": _disjoint(b, c),
-            "metric_title": metric_title(meta, ident["probe"], ident.get("metric", "")),
-            "direction": _direction(worse_direction(meta, ident["probe"],
-                                                    str(ident.get("metric", ""))), delta)}
+            "direction": _direction(ident["probe"], ident.get("metric", ""), delta)}
 
 
 def _disjoint(b: dict, c: dict) -> bool:
@@ -102,7 +89,8 @@ def _disjoint(b: dict, c: dict) -> bool:
     return b_hi < c_lo or c_hi < b_lo
 
 
-def _direction(worse: str | None, delta) -> str:
+def _direction(probe: str, metric: str, delta) -> str:
+    worse = worse_direction(probe, str(metric))
     if delta is None or worse is None:
         return "n/a"
     if delta == 0:

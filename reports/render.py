@@ -31,6 +31,13 @@ from reports import charts
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+PROBE_TITLES = {
+    "fairface_label_bias": "FairFace label bias",
+    "celebrity_identification": "Celebrity identification",
+    "prompt_sensitivity": "Prompt sensitivity",
+    "distribution_shift": "Distribution shift",
+    "retrieval_skew": "Retrieval skew",
+}
 # Only inline raster thumbnails; anything else (a URL, SVG with script) is dropped.
 THUMBNAIL_RE = re.compile(r"^data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/=\s]+$")
 
@@ -68,7 +75,7 @@ def top_findings(results: dict) -> list[dict]:
     found = []
     for name, probe in (results.get("probes") or {}).items():
         for f in probe.get("findings") or []:
-            found.append({**f, "probe": name, "probe_title": probe_title(name, probe)})
+            found.append({**f, "probe": name, "probe_title": probe_title(name)})
     return sorted(found, key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 4))
 
 
@@ -84,10 +91,8 @@ def data_sources(results: dict) -> list[dict]:
     return out
 
 
-def probe_title(name: str, probe: dict | None = None) -> str:
-    """The probe's own title (probes.<name>.meta.title), else its name made readable."""
-    title = ((probe or {}).get("meta") or {}).get("title")
-    return title or name.replace("_", " ").capitalize()
+def probe_title(name: str) -> str:
+    return PROBE_TITLES.get(name, name.replace("_", " ").capitalize())
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,13 +117,14 @@ def thumbnail(image, *, size: int = 96, quality: int = 80) -> str:
 
 def _sections(results: dict, include_examples: bool) -> list[dict]:
     out = []
-    # The runner's order (the registry's, built-ins first): no table of probe names here.
-    for name, probe in (results.get("probes") or {}).items():
+    order = list(PROBE_TITLES)  # the product's order; other probes after, as they come
+    probes = sorted((results.get("probes") or {}).items(),
+                    key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+    for name, probe in probes:
         summary = probe.get("summary") or {}
         examples = [e for e in probe.get("examples") or []
                     if THUMBNAIL_RE.match(str(e.get("thumbnail", "")))]
-        out.append({"name": name, "title": probe_title(name, probe), "probe": probe,
-                    "partial": _partial_for(name, probe),
+        out.append({"name": name, "title": probe_title(name), "probe": probe,
                     "status": probe.get("status", "ok"), "summary": summary,
                     "rows": probe.get("rows") or [],
                     "findings": sorted(probe.get("findings") or [],
@@ -155,18 +161,10 @@ def _env():
     return env
 
 
-def _partial_for(name: str, probe: dict | None = None):
-    """A probe's own partial when one exists, else the generic table. A plugin ships its own
-    as `<meta.templates>/<name>.html.j2`; that one is returned as a compiled Template (Jinja's
-    include takes one), so our loader never reads outside reports/templates."""
+def _partial_for(name: str) -> str:
+    """A probe's own partial when one exists, else the generic table."""
     own = f"probes/{name}.html.j2"
-    if (HERE / "templates" / own).is_file():
-        return own
-    folder = ((probe or {}).get("meta") or {}).get("templates")
-    path = Path(folder) / f"{name}.html.j2" if folder else None
-    if path is not None and path.is_file():
-        return _env().from_string(path.read_text(encoding="utf-8"))
-    return "probes/_generic.html.j2"
+    return own if (HERE / "templates" / own).is_file() else "probes/_generic.html.j2"
 
 
 @functools.lru_cache(maxsize=1)

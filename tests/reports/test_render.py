@@ -258,11 +258,9 @@ def test_compare_orders_regressions_first(results_copy):
     ("prompt_sensitivity", "accuracy_std", None), ("x", "seconds", None),
 ])
 def test_worse_direction(probe, metric, worse):
-    """Directions come from the probes' own Metric declarations (the registry's meta)."""
-    from audit.registry import known_meta
     from reports.compare import worse_direction
 
-    assert worse_direction(known_meta(), probe, metric) == worse
+    assert worse_direction(probe, metric) == worse
 
 
 def test_print_compare(results_copy, capsys):
