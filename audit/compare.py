@@ -87,7 +87,8 @@ def _pair(key: tuple, b: dict, c: dict, metas: dict) -> dict:
     delta = cv - bv if all(_is_number(v) for v in (bv, cv)) else None
     disjoint = _disjoint(b, c)
     direction = _direction(declared["worse"], delta)
-    return {"key": {k: v for k, v in ident.items()}, "probe": ident["probe"],
+    # The identity twice: spread for readers of the row, and whole under "key".
+    return {**ident, "key": dict(ident), "probe": ident["probe"],
             "metric": ident.get("metric"), "title": declared["title"], "unit": declared["unit"],
             "worse": declared["worse"], "slice": _slice(ident),
             "base": bv, "cand": cv, "delta": delta,
