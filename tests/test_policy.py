@@ -281,3 +281,20 @@ def test_policy_is_checked_against_the_probes_declarations(tmp_path):
                           (base.replace("fairface_label_bias.", "fairface."), "no probe")]:
         with pytest.raises(UserError, match=problem):
             check_policy(_policy(tmp_path, text), known_meta())
+
+
+def test_run_checks_policy_and_baseline_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from audit import models
+    from audit.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("the model loaded before the policy was checked")
+
+    monkeypatch.setattr(models, "load", boom)
+    (tmp_path / "p.toml").write_text('[[gate]]\nname = "g"\nmetric = "fairface_label_bias.non_human_rate"\nmax = 1\nmx = 1\n')
+    assert main(["run", "--policy", str(tmp_path / "p.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key(s) ['mx']" in capsys.readouterr().err
+    (tmp_path / "ok.toml").write_text('[[gate]]\nname = "g"\nmetric = "fairface_label_bias.non_human_rate"\nmax = 1\n')
+    assert main(["run", "--policy", str(tmp_path / "ok.toml"), "--baseline", str(tmp_path / "none.json"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "none.json: no such file" in capsys.readouterr().err
