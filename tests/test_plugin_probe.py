@@ -12,6 +12,7 @@ from audit import registry
 def plugin(monkeypatch):
     ep = md.EntryPoint(name="widget", value="tests.plugin_probe:WidgetProbe",
                        group=registry.ENTRY_POINT_GROUP)
+    registry.list_probes()  # built-ins into the real registry first: modules import only once
     real = md.entry_points
     monkeypatch.setattr(md, "entry_points", lambda **kw: md.EntryPoints([ep])
                         if kw.get("group") == registry.ENTRY_POINT_GROUP else real(**kw))
