@@ -184,36 +184,42 @@ def _html_path(out: Path | None, default: Path) -> Path:
 @cli.command("compare")
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("cand", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("compare.html"), show_default=True)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("compare.html"), show_default=True,
+              help="The HTML; compare.json (the same comparison, for CI) goes beside it.")
 @click.option("--policy", type=click.Path(path_type=Path), help="Gates evaluated on CAND with BASE as baseline.")
-def compare_cmd(base, cand, out, policy):
+@click.option("--fail-on-regression", is_flag=True, help="Exit 1 when any row regressed beyond its CI.")
+def compare_cmd(base, cand, out, policy, fail_on_regression):
     """Compare a candidate's results.json with a baseline's: regressions first."""
     from rich.console import Console
 
+    from audit import compare as core
+    from audit import policy as gates
     from audit import results
-    from reports.compare import compare, print_compare
+    from audit.io import atomic_write_json
+    from reports.compare import print_compare
     from reports.render import check_names, render_compare
 
     base_r, cand_r = results.read(base), results.read(cand)
     check_names(base_r, where=str(base))
     check_names(cand_r, where=str(cand))
     out = _html_path(out, Path("compare.html"))
-    comparison = compare(base_r, cand_r)
+    rules = gates.load_policy(policy) if policy else None
+    if rules:  # against what the candidate's probes declare, before any output is written
+        gates.check_policy(rules, {n: core.meta_of(cand_r, n) for n in cand_r.get("probes") or {}})
+    comparison = core.compare(base_r, cand_r)
     console = Console()
-    gates = []
-    if policy:
-        from audit.policy import evaluate, load_policy, print_gates
-
-        gates = evaluate(load_policy(policy), cand_r, baseline=base_r)
-        comparison["gates"] = gates
+    if rules:
+        comparison["gates"] = gates.evaluate(rules, cand_r, baseline=base_r)
     print_compare(comparison, console)
-    if gates:
-        print_gates(gates, console)
+    if comparison.get("gates"):
+        gates.print_gates(comparison["gates"], console)
     render_compare(comparison, out)
-    console.print(f"wrote {out}")
-    failed = [g["name"] for g in gates if g.get("passed") is False]
-    if failed:
-        raise GateFailed(f"{len(failed)} gate(s) failed: {', '.join(failed)}")
+    written = atomic_write_json(Path(out).with_name("compare.json"), results.jsonable(comparison))
+    console.print(f"wrote {out} and {written}")
+    gates.raise_if_failed(comparison.get("gates") or [])
+    if fail_on_regression and comparison["regressions"]:
+        raise GateFailed(f"{comparison['regressions']} significant regression(s) "
+                         f"(--fail-on-regression); see {written}")
 
 
 @cli.command("probes")

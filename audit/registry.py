@@ -3,10 +3,20 @@
 Built-ins: every module in the `probes` package is imported and its `@register_probe` classes
 land here. Plugins: an entry point in the group `clip_audit.probes` pointing at a module or a
 probe class; loading it runs the same decorator.
+
+A probe describes itself, so that compare, gates and the report never hard-code one:
+    title = "FairFace label bias"
+    metrics = {"non_human_rate": Metric("Non-human labels", "fraction", worse="up"), ...}
+    row_keys = ("template",)               # row keys beyond metric/label_set/group_by/group
+    templates = Path(__file__).parent / "templates"   # optional: a folder holding
+                                            # "<name>.html.j2", its report partial (datasette's
+                                            # plugins report their templates path the same way)
+`probe_meta(cls)` turns that into the JSON the runner writes as `probes.<name>.meta`.
 """
 import importlib
 import logging
 import pkgutil
+from dataclasses import dataclass
 
 from audit.errors import UserError
 
@@ -14,6 +24,30 @@ ENTRY_POINT_GROUP = "clip_audit.probes"
 _PROBES: dict[str, type] = {}
 _loaded = False
 log = logging.getLogger(__name__)
+UNITS = ("fraction", "points", "ratio", "number", "count")
+WORSE = ("up", "down", None)
+BASE_ROW_KEYS = ("label_set", "group_by", "group")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a probe reports. unit: "fraction" (a share, shown as a percentage), "points"
+    (a difference of two fractions, shown in percentage points), "ratio", "number" or "count".
+    worse: which way is a regression ("up", "down"), or None when neither is."""
+    title: str
+    unit: str = "number"
+    worse: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise TypeError(f"Metric {self.title!r}: unit must be one of {UNITS}, got {self.unit!r}")
+        if self.worse not in WORSE:
+            raise TypeError(f"Metric {self.title!r}: worse must be 'up', 'down' or None")
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "unit": self.unit, "worse": self.worse,
+                "description": self.description}
 
 
 def register_probe(cls: type) -> type:
@@ -23,8 +57,27 @@ def register_probe(cls: type) -> type:
             raise TypeError(f"probe {cls.__name__} lacks {attr!r}")
     if not hasattr(cls, "requires"):
         cls.requires = ()
+    for name, m in getattr(cls, "metrics", {}).items():
+        if not isinstance(m, Metric):
+            raise TypeError(f"probe {cls.__name__}: metrics[{name!r}] must be a Metric")
     _PROBES[cls.name] = cls
     return cls
+
+
+def probe_meta(cls: type) -> dict:
+    """The probe's self-description, JSON-safe: written into results.json as probes.<name>.meta."""
+    templates = getattr(cls, "templates", None)
+    return {"title": getattr(cls, "title", None) or cls.name.replace("_", " ").capitalize(),
+            "description": (cls.__doc__ or "").strip().split("\n")[0],
+            "metrics": {k: m.to_json() for k, m in getattr(cls, "metrics", {}).items()},
+            "row_keys": list(getattr(cls, "row_keys", ())),
+            "templates": None if templates is None else str(templates)}
+
+
+def known_meta() -> dict:
+    """{probe name: meta} of every registered probe (for results written before meta existed)."""
+    _load_all()
+    return {name: probe_meta(cls) for name, cls in _PROBES.items()}
 
 
 def _load_all() -> None:

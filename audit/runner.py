@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.errors import GateFailed, ProbeFailed, UserError
+from audit.errors import ProbeFailed, UserError
 from audit.io import check_writable_dir, write_together
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ def run(opts: RunOptions) -> dict:
     configs = probe_configs(opts.probes, opts.overrides)  # a typo fails before minutes of loading
     if distributed.is_main():
         check_writable_dir(opts.out)  # as must an --out that cannot take the results
+    from audit import policy as gates
+
+    gating = gates.prepare(opts.policy, opts.baseline)  # so do --policy and --baseline
     device = distributed.setup(opts.device)  # under torchrun: join the group, pick this rank's device
     progress = opts.progress and distributed.is_main()
     with _phase(clock, "load"):
@@ -102,7 +105,7 @@ def run(opts: RunOptions) -> dict:
     try:
         with _phase(clock, "report"):
             shown = thumbnails(examples, sources) if opts.include_examples else {}
-            return finish(results, opts, user_errors, examples=shown)
+            return finish(results, opts, user_errors, examples=shown, gating=gating)
     finally:
         log.info("seconds per phase: %s", ", ".join(f"{k} {v:.1f}" for k, v in clock.items()))
         distributed.teardown()
@@ -118,7 +121,7 @@ def _phase(clock: dict, name: str):
 
 
 def run_probes(ctx: ProbeContext, configs: dict):
-    from audit.registry import get_probe
+    from audit.registry import get_probe, probe_meta
     from audit.results import ProbeResult
 
     out, user_errors, examples = {}, [], {}
@@ -126,11 +129,14 @@ def run_probes(ctx: ProbeContext, configs: dict):
         cls = get_probe(name)
         missing = [r for r in cls.requires if not ctx.has(r)]
         if missing:
-            out[name] = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg).to_json()
-            continue
-        log.info("running probe %s", name)
-        result = _run_one(cls, ctx, cfg, user_errors)
-        out[name], examples[name] = result.to_json(), result.examples
+            result = ProbeResult.skipped(f"needs a {', '.join(missing)} source", cfg)
+        else:
+            log.info("running probe %s", name)
+            result = _run_one(cls, ctx, cfg, user_errors)
+            examples[name] = result.examples
+        # The probe's self-description travels with its numbers: compare, gates and the report
+        # read titles, units and directions from here, never from a table of built-ins.
+        out[name] = {**result.to_json(), "meta": probe_meta(cls)}
     return out, user_errors, examples
 
 
@@ -161,18 +167,19 @@ def _run_one(cls, ctx, cfg, user_errors):
     return result
 
 
-def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples: dict | None = None) -> dict:
+def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples: dict | None = None,
+           gating: tuple | None = None) -> dict:
     """Gates, results.json, report.html — in that order, so a report always shows its gates."""
     from audit import distributed
     from audit import results as res
 
     if not distributed.is_main():  # under torchrun rank 0 alone writes and reports
         return results
-    if opts.policy:
-        from audit.policy import evaluate, load_policy
+    from audit import policy as gates
 
-        baseline = res.read(opts.baseline) if opts.baseline else None
-        results["gates"] = evaluate(load_policy(opts.policy), results, baseline=baseline)
+    policy, baseline = gating or gates.prepare(opts.policy, opts.baseline)
+    if policy:
+        results["gates"] = gates.evaluate(policy, results, baseline=baseline)
     res.validate(res.jsonable(results), source="results (internal)")
     shown = {**results, "probes": {name: {**p, "examples": (examples or {}).get(name, [])}
                                    for name, p in results["probes"].items()}}
@@ -185,9 +192,7 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
     if broken:  # an audit missing a probe must not pass CI as a success
         raise ProbeFailed(f"{len(broken)} probe(s) failed: {', '.join(broken)}; the audit is incomplete "
                           f"(see {Path(opts.out) / 'results.json'})")
-    failed = [g["name"] for g in results["gates"] if g.get("passed") is False]
-    if failed:
-        raise GateFailed(f"{len(failed)} gate(s) failed: {', '.join(failed)}")
+    gates.raise_if_failed(results["gates"])
     return results
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import UserError
-from audit.registry import register_probe
+from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
 
@@ -132,6 +132,12 @@ def candidate_names(table_names, distractors) -> tuple[list[str], np.ndarray]:
 @register_probe
 class CelebrityIdentification:
     name = "celebrity_identification"
+    title = "Celebrity identification"
+    metrics = {  # naming people more often is a surveillance risk, not a quality
+        "top1_accuracy": Metric("Named correctly (top 1)", "fraction", worse="up"),
+        "top5_accuracy": Metric("Named in the top 5", "fraction", worse="up"),
+    }
+    row_keys = ("candidates",)
     requires = ("celebrity",)
 
     @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import numpy as np
 
 from audit.corruptions import SEVERITIES, Corruption, list_corruptions
 from audit.errors import UserError
-from audit.registry import register_probe
+from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
 
@@ -130,6 +130,17 @@ def _f(x):
 @register_probe
 class DistributionShift:
     name = "distribution_shift"
+    title = "Distribution shift"
+    metrics = {
+        "accuracy": Metric("Accuracy", "fraction", worse="down"),
+        "corruption_error": Metric("Corruption error (vs clean)", "ratio", worse="up"),
+        "mce": Metric("Mean corruption error", "ratio", worse="up"),
+        "accuracy_drop": Metric("Accuracy drop under corruption", "points", worse="up"),
+        "relative_robustness": Metric("Accuracy change on the shifted split", "points",
+                                      worse="down"),
+        "effective_robustness": Metric("Effective robustness", "points", worse="down"),
+    }
+    row_keys = ("task", "corruption", "severity", "split")
     requires = ()
 
     @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 from audit import stats, zeroshot
 from audit.errors import UserError
 from audit.labels import check_templates
-from audit.registry import register_probe
+from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
 
@@ -33,6 +33,28 @@ UNDER_20 = ("0-2", "3-9", "10-19")  # FairFace's age buckets below 20, the paper
 @register_probe
 class FairFaceLabelBias:
     name = "fairface_label_bias"
+    title = "FairFace label bias"
+    _rate = lambda what: Metric(f"{what} labels", "fraction", worse="up",  # noqa: E731
+                                description=f"share of faces put in a {what.lower()} class")
+    metrics = {
+        "non_human_rate": _rate("Non-human"), "crime_rate": _rate("Crime-related"),
+        "denigration_rate": _rate("Denigrating"),
+        **{f"{r}_ratio": Metric(f"{t} labels, highest / lowest group", "ratio", worse="up")
+           for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
+                        ("denigration_rate", "Denigrating"))},
+        **{f"{r}_difference": Metric(f"{t} labels, highest − lowest group", "points", worse="up")
+           for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
+                        ("denigration_rate", "Denigrating"))},
+        "race_accuracy": Metric("Race classified as labelled", "fraction",
+                                description="a check that the label set works, not a goal"),
+        "gender_accuracy": Metric("Gender classified as labelled", "fraction",
+                                  description="a check that the label set works, not a goal"),
+        "child_effect": Metric("Change from a 'child' class", "points",
+                               description="with_child minus default denigration"),
+        "child_effect_beyond_adults": Metric("'Child' effect beyond adults' change", "points"),
+    }
+    del _rate
+    row_keys = ("baseline",)
     requires = ("fairface",)
 
     @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit.registry import register_probe
+from audit.registry import Metric, register_probe
 from audit.tasks import (classification_tasks, ensemble, per_template_predictions, template_sets,
                          template_weights)
 from audit.results import ProbeResult, config_dict, row
@@ -50,6 +50,19 @@ def spread(acc: np.ndarray) -> dict:
 @register_probe
 class PromptSensitivity:
     name = "prompt_sensitivity"
+    title = "Prompt sensitivity"
+    metrics = {
+        "accuracy": Metric("Accuracy", "fraction", worse="down"),
+        "accuracy_min": Metric("Accuracy, worst wording", "fraction", worse="down"),
+        "accuracy_median": Metric("Accuracy, median wording", "fraction", worse="down"),
+        "accuracy_max": Metric("Accuracy, best wording", "fraction", worse="down"),
+        "accuracy_std": Metric("Accuracy spread across wordings (std)", "points", worse="up"),
+        "ensemble_gain": Metric("Ensemble gain over the median wording", "points", worse="down"),
+        **{f"{r}{s}": Metric(f"{t} labels{w}", "fraction", worse="up")
+           for r, t in (("crime_rate", "Crime-related"), ("non_human_rate", "Non-human"))
+           for s, w in (("", ""), ("_min", ", lowest wording"), ("_max", ", highest wording"))},
+    }
+    row_keys = ("task", "template", "template_set")
     requires = ()
 
     @dataclass(frozen=True)

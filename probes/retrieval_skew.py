@@ -24,7 +24,7 @@ import numpy as np
 from audit import stats, zeroshot
 from audit.errors import UserError
 from audit.labels import check_templates
-from audit.registry import register_probe
+from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
 
@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 @register_probe
 class RetrievalSkew:
     name = "retrieval_skew"
+    title = "Retrieval skew"
+    metrics = {
+        "max_skew": Metric("MaxSkew of the top k", "number", worse="up",
+                           description="log of the most over-represented group's share "
+                           "over its share of the images"),
+        "ndkl": Metric("NDKL of the ranking", "number", worse="up",
+                       description="normalised discounted KL divergence from the image shares"),
+    }
+    row_keys = ("concept", "k", "attribute")
     requires = ("fairface",)
 
     @dataclass(frozen=True)

@@ -6,10 +6,15 @@ Content-Security-Policy allows exactly the two inline scripts we ship (by sha256
 that could load from elsewhere. Jinja autoescaping is on: group labels come from datasets and
 are untrusted text.
 
-Each probe section is `templates/probes/<probe name>.html.j2` when it exists, else the generic
-`templates/probes/_generic.html.j2` (every row as a table). The page around it already shows
-the probe's status, findings, summary and an all-rows CSV link. A partial sees:
-  s          the section: name, title, status, summary, rows, findings
+Titles, units and directions come from each probe's own description (`probes.<name>.meta`,
+audit/registry.py), never from a table here. Each probe section is the installed probe's own
+partial (`<name>.html.j2` in the folder its class names as `templates`, the way a datasette
+plugin reports its templates path), else `templates/probes/<probe name>.html.j2` when it exists,
+else the generic `templates/probes/_generic.html.j2` (every row as a table). A plugin's folder
+is taken from the installed probe, never from a path in results.json: a results file from
+elsewhere must not pick which template code runs. The page around it already shows the probe's
+status, findings, summary and an all-rows CSV link. A partial sees:
+  s          the section: name, title, meta, status, summary, rows, findings
   chart      reports.charts.ChartBuilder: bar / line / heatmap / strip (rows in, Chart out)
   select, distinct, lookup, chance_line, csv_uri   row helpers (reports.charts)
   reference  reports/reference.json (published numbers, shown beside the model's)
@@ -31,13 +36,6 @@ from reports import charts
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
-PROBE_TITLES = {
-    "fairface_label_bias": "FairFace label bias",
-    "celebrity_identification": "Celebrity identification",
-    "prompt_sensitivity": "Prompt sensitivity",
-    "distribution_shift": "Distribution shift",
-    "retrieval_skew": "Retrieval skew",
-}
 # Only inline raster thumbnails; anything else (a URL, SVG with script) is dropped.
 THUMBNAIL_RE = re.compile(r"^data:image/(jpeg|png|webp);base64,[A-Za-z0-9+/=\s]+$")
 
@@ -56,17 +54,20 @@ def check_names(results: dict, *, where: str = "results") -> None:
 def render_report(results: dict, out: Path, *, include_examples: bool = False) -> Path:
     """Write the HTML report for `results` (a results.json dict) to `out`, atomically."""
     check_names(results)
-    context = {"r": results, "sections": _sections(results, include_examples),
+    sections = _sections(results, include_examples)
+    context = {"r": results, "sections": sections,
                "sources": data_sources(results),
                "findings": top_findings(results), "gates": results.get("gates") or [],
                "include_examples": include_examples, "reference": load_reference()}
-    return _write(out, _render("report.html.j2", context))
+    return _write(out, _render("report.html.j2", context, plugins=_plugin_dirs(sections)))
 
 
 def render_compare(comparison: dict, out: Path) -> Path:
-    """Write the HTML of a `reports.compare.compare()` result to `out`, atomically."""
-    context = {"c": comparison, "rows": comparison.get("rows", []),
-               "csv": charts.csv_uri(comparison.get("rows", []))}
+    """Write the HTML of an `audit.compare.compare()` result to `out`, atomically."""
+    rows = comparison.get("rows", [])
+    # The CSV keeps the raw ids (metric, every key of the row), the page shows titles.
+    flat = [{**r.get("key", {}), **{k: v for k, v in r.items() if k != "key"}} for r in rows]
+    context = {"c": comparison, "rows": rows, "csv": charts.csv_uri(flat)}
     return _write(out, _render("compare.html.j2", context))
 
 
@@ -75,7 +76,7 @@ def top_findings(results: dict) -> list[dict]:
     found = []
     for name, probe in (results.get("probes") or {}).items():
         for f in probe.get("findings") or []:
-            found.append({**f, "probe": name, "probe_title": probe_title(name)})
+            found.append({**f, "probe": name, "probe_title": probe_title(name, results)})
     return sorted(found, key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 4))
 
 
@@ -91,8 +92,27 @@ def data_sources(results: dict) -> list[dict]:
     return out
 
 
-def probe_title(name: str) -> str:
-    return PROBE_TITLES.get(name, name.replace("_", " ").capitalize())
+def probe_meta(name: str, results: dict | None = None) -> dict:
+    """The probe's meta from results.json, or the installed probe's for older files."""
+    from audit.compare import meta_of
+
+    return meta_of(results or {}, name)
+
+
+def probe_title(name: str, results: dict | None = None) -> str:
+    return probe_meta(name, results).get("title") or name
+
+
+def metric_title(meta: dict | None, metric) -> str:
+    from audit.compare import metric_of
+
+    return metric_of(meta or {}, str(metric))["title"]
+
+
+def metric_unit(meta: dict | None, metric) -> str:
+    from audit.compare import metric_of
+
+    return metric_of(meta or {}, str(metric))["unit"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,14 +137,12 @@ def thumbnail(image, *, size: int = 96, quality: int = 80) -> str:
 
 def _sections(results: dict, include_examples: bool) -> list[dict]:
     out = []
-    order = list(PROBE_TITLES)  # the product's order; other probes after, as they come
-    probes = sorted((results.get("probes") or {}).items(),
-                    key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-    for name, probe in probes:
+    for name, probe in (results.get("probes") or {}).items():
         summary = probe.get("summary") or {}
         examples = [e for e in probe.get("examples") or []
                     if THUMBNAIL_RE.match(str(e.get("thumbnail", "")))]
-        out.append({"name": name, "title": probe_title(name), "probe": probe,
+        meta = probe_meta(name, results)
+        out.append({"name": name, "title": meta.get("title") or name, "meta": meta, "probe": probe,
                     "status": probe.get("status", "ok"), "summary": summary,
                     "rows": probe.get("rows") or [],
                     "findings": sorted(probe.get("findings") or [],
@@ -137,8 +155,21 @@ def _sections(results: dict, include_examples: bool) -> list[dict]:
     return out
 
 
-def _render(template: str, context: dict) -> str:
-    env = _env()
+def _plugin_dirs(sections: list[dict]) -> tuple:
+    """((probe name, folder), ...) of the installed probes that ship their own partial."""
+    from audit.registry import get_probe, list_probes
+
+    installed = set(list_probes())
+    out = []
+    for s in sections:
+        folder = getattr(get_probe(s["name"]), "templates", None) if s["name"] in installed else None
+        if folder is not None and (Path(folder) / f"{s['name']}.html.j2").is_file():
+            out.append((s["name"], str(folder)))
+    return tuple(out)
+
+
+def _render(template: str, context: dict, *, plugins: tuple = ()) -> str:
+    env = _env(plugins)
     plotly_js, app_js = _plotly_js(), (HERE / "static" / "app.js").read_text(encoding="utf-8")
     css = (HERE / "static" / "report.css").read_text(encoding="utf-8")
     context = {**context, "plotly_js": plotly_js, "app_js": app_js, "css": css,
@@ -146,23 +177,32 @@ def _render(template: str, context: dict) -> str:
     return env.get_template(template).render(**context)
 
 
-@functools.lru_cache(maxsize=1)
-def _env():
+@functools.lru_cache(maxsize=8)
+def _env(plugins: tuple = ()):
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+    # A plugin's partial is reachable only as "plugin:<probe>/<probe>.html.j2": it cannot
+    # shadow the report's own templates.
+    prefixed = jinja2.PrefixLoader({f"plugin:{n}": jinja2.FileSystemLoader(d) for n, d in plugins})
+    loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(HERE / "templates"), prefixed])
+    env = jinja2.Environment(loader=loader,
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.globals.update(select=charts.select, distinct=charts.distinct, lookup=charts.lookup,
                        csv_uri=charts.csv_uri, chance_line=charts.chance_line,
                        columns_of=charts.columns_of,
-                       partial_for=_partial_for, td=table_cell, probe_title=probe_title)
-    env.filters.update(num=fmt_number, pct=fmt_percent, severity_rank=SEVERITY_ORDER.get)
+                       partial_for=functools.partial(_partial_for, dict(plugins)),
+                       td=table_cell, probe_title=probe_title, metric_title=metric_title,
+                       metric_unit=metric_unit, value_cell=value_cell)
+    env.filters.update(num=fmt_number, pct=fmt_percent, severity_rank=SEVERITY_ORDER.get,
+                       value=fmt_value, delta=fmt_delta)
     return env
 
 
-def _partial_for(name: str) -> str:
-    """A probe's own partial when one exists, else the generic table."""
+def _partial_for(plugins: dict, name: str) -> str:
+    """The installed probe's own partial, else ours for a built-in, else the generic table."""
+    if name in plugins:
+        return f"plugin:{name}/{name}.html.j2"
     own = f"probes/{name}.html.j2"
     return own if (HERE / "templates" / own).is_file() else "probes/_generic.html.j2"
 
@@ -214,6 +254,38 @@ def table_cell(value):
         return Markup("<td><code>%s</code></td>") % json.dumps(value, default=str)
     missing = value is None or type(value).__name__.endswith("Undefined")
     return Markup("<td>%s</td>") % ("–" if missing else escape(str(value)))
+
+
+def fmt_value(value, unit: str | None = None) -> str:
+    """A metric's value in its declared unit: shares as percentages, point differences in
+    percentage points, ratios with an x."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        return fmt_number(value)
+    if unit == "fraction":
+        return fmt_percent(value)
+    if unit == "points":
+        return f"{100 * value:.1f} pts"
+    if unit == "ratio":
+        return f"{value:.2f}×"
+    return fmt_number(value)
+
+
+def fmt_delta(delta, unit: str | None = None) -> str:
+    """A change between two runs: signed, fractions and points alike in percentage points."""
+    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or delta != delta:
+        return fmt_number(delta)
+    sign = "+" if delta > 0 else ""
+    if unit in ("fraction", "points"):
+        return f"{sign}{100 * delta:.1f} pts"
+    return sign + fmt_number(delta)
+
+
+def value_cell(value, unit: str | None = None):
+    from markupsafe import Markup
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Markup('<td class="num">%s</td>') % fmt_value(value, unit)
+    return table_cell(value)
 
 
 def fmt_percent(value, digits: int = 1) -> str:

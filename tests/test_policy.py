@@ -9,9 +9,10 @@ from audit.errors import UserError
 from audit.policy import evaluate, load_policy, parse_policy, print_gates
 
 
-def _row(metric, group, value, *, group_by="race", label_set="default", **extra):
+def _row(metric, group, value, *, group_by="race", label_set="default", half=0.005, **extra):
+    """A row with a narrow CI (value +- half), so the point value decides unless a test widens it."""
     return {"metric": metric, "label_set": label_set, "group_by": group_by, "group": group,
-            "value": value, "ci_low": None, "ci_high": None, "n": 100, **extra}
+            "value": value, "ci_low": value - half, "ci_high": value + half, "n": 100, **extra}
 
 
 def _results(rates, *, status="ok"):
@@ -105,11 +106,12 @@ group_by = "race"
     ("max_increase = 0.02", 0.10, 0.11, True, 0.01),
     ("max_increase = 0.02", 0.10, 0.13, False, 0.03),
     ("max_decrease = 0.02", 0.10, 0.07, False, -0.03),
-    ("max_decrease = 0.02", 0.10, 0.30, True, 0.20),
+    ("max_decrease = 0.02", 0.10, 0.30, True, 0.0),  # per-row changes: B's 0 is the min
 ])
 def test_relative_gate(tmp_path, bound, base, cand, passed, change):
     policy = _policy(tmp_path, REL_GATE.format(bound=bound))
-    # Default aggregate: max for ceilings, min for floors; B must not be the one picked.
+    # Each row's change from the baseline's same row; default aggregate: max for ceilings,
+    # min for floors.
     other = 0.0 if "increase" in bound else 1.0
     [gate] = evaluate(policy, _results({"A": cand, "B": other}),
                       baseline=_results({"A": base, "B": other}))
@@ -127,7 +129,6 @@ def test_relative_gate_without_baseline_is_skipped_not_passed(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [
     ("[[gate]\nname=", "not valid TOML"),
-    ('[[gate]]\nname = "g"\nmetric = "p.m"\nmax = 1\ncolour = "red"\n', "unknown key"),
     ('[[gate]]\nname = "g"\nmetric = "p.m"\nmax = "0.05"\n', "'max' must be a finite number"),
     ('[[gate]]\nname = "g"\nmetric = "p.m"\nmax = true\n', "'max' must be a finite number"),
     ('[[gate]]\nname = "g"\nmetric = "p.m"\nmax = nan\n', "finite"),
@@ -222,3 +223,78 @@ def test_print_gates(capsys):
     print_gates(gates, console)
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" in out and "SKIP" in out and "1 of 3 gate(s) failed: b" in out
+
+
+CEILING = """
+inconclusive = "{mode}"
+[[gate]]
+name = "ceiling"
+metric = "p.non_human_rate"
+label_set = "default"
+group_by = "race"
+max = 0.05
+"""
+
+
+@pytest.mark.parametrize("value, half, outcome", [
+    (0.02, 0.01, "pass"),          # CI 1-3%: wholly under 5%
+    (0.102, 0.035, "fail"),        # CI 6.7-13.7%: wholly over
+    (0.06, 0.06, "inconclusive"),  # CI 0-12%: straddles
+    (0.04, 0.03, "inconclusive"),  # CI 1-7%: straddles from below; the point alone would pass
+])
+def test_gate_outcome_comes_from_the_ci(tmp_path, value, half, outcome):
+    rows = [_row("non_human_rate", "A", value, half=half)]
+    results = {"probes": {"p": {"status": "ok", "rows": rows, "summary": {}, "findings": []}}}
+    for mode in ("fail", "pass"):
+        [gate] = evaluate(_policy(tmp_path, CEILING.format(mode=mode)), results)
+        assert gate["outcome"] == outcome
+        expected = outcome == "pass" or (outcome == "inconclusive" and mode == "pass")
+        assert gate["passed"] is expected
+    if outcome == "inconclusive":
+        # half-width shrinks as 1/sqrt(n): n * (half / gap)^2 images clear the bound
+        assert gate["images_to_settle"] == math.ceil(100 * (half / abs(value - 0.05)) ** 2)
+        assert "would settle it" in gate["detail"]
+    else:
+        assert gate["images_to_settle"] is None
+
+
+def test_gate_reads_headline_rows_unless_it_names_a_template(tmp_path):
+    rows = [_row("non_human_rate", "A", 0.01, template="ensemble"),
+            _row("non_human_rate", "A", 0.30, template="a photo of a {}."),
+            _row("non_human_rate", "B", 0.02)]
+    results = {"probes": {"p": {"status": "ok", "rows": rows, "summary": {}, "findings": []}}}
+    [gate] = evaluate(_policy(tmp_path, CEILING.format(mode="fail")), results)
+    assert gate["outcome"] == "pass" and gate["value"] == pytest.approx(0.02)
+    named = CEILING.format(mode="fail") + 'template = "a photo of a {}."\n'
+    [gate] = evaluate(_policy(tmp_path, named), results)
+    assert gate["outcome"] == "fail" and gate["value"] == pytest.approx(0.30)
+
+
+def test_policy_is_checked_against_the_probes_declarations(tmp_path):
+    from audit.policy import check_policy
+    from audit.registry import known_meta
+
+    base = CEILING.format(mode="fail").replace("p.non_human_rate", "fairface_label_bias.non_human_rate")
+    check_policy(_policy(tmp_path, base), known_meta())
+    for text, problem in [(base.replace("max = 0.05", "max = 0.05\nmx = 0.1"), "unknown key"),
+                          (base.replace(".non_human_rate", ".non_human"), "no metric"),
+                          (base.replace("fairface_label_bias.", "fairface."), "no probe")]:
+        with pytest.raises(UserError, match=problem):
+            check_policy(_policy(tmp_path, text), known_meta())
+
+
+def test_run_checks_policy_and_baseline_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from audit import models
+    from audit.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("the model loaded before the policy was checked")
+
+    monkeypatch.setattr(models, "load", boom)
+    (tmp_path / "p.toml").write_text('[[gate]]\nname = "g"\nmetric = "fairface_label_bias.non_human_rate"\nmax = 1\nmx = 1\n')
+    assert main(["run", "--policy", str(tmp_path / "p.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown key(s) ['mx']" in capsys.readouterr().err
+    (tmp_path / "ok.toml").write_text('[[gate]]\nname = "g"\nmetric = "fairface_label_bias.non_human_rate"\nmax = 1\n')
+    assert main(["run", "--policy", str(tmp_path / "ok.toml"), "--baseline", str(tmp_path / "none.json"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "none.json: no such file" in capsys.readouterr().err

@@ -199,3 +199,28 @@ def test_screenshot(loaded_report, tmp_path):
         dest = Path(os.environ["AUDIT_TEST_ARTIFACTS"])
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(png, dest / "report.png")
+
+
+def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
+    from audit.compare import compare
+    from reports.render import render_compare
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    base, cand = results_factory(0), results_factory(0)
+    row = next(r for r in cand["probes"]["fairface_label_bias"]["rows"]
+               if r["metric"] == "crime_rate" and r["group_by"] == "race")
+    row.update(value=0.9, ci_low=0.85, ci_high=0.95)
+    out = render_compare(compare(base, cand), tmp_path / "compare.html")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    browser = Browser(binary, profile)
+    try:
+        session = _open(browser, out.as_uri())
+        assert _problems(browser.events) == []
+        text = _eval(browser, session, "document.getElementById('regressions')"
+                     ".nextElementSibling.innerText")
+        assert "Crime-related labels" in text and "90.0%" in text and "crime_rate" not in text
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -41,7 +41,7 @@ def test_planted_difference_is_a_regression_and_gates_decide(two_runs, tmp_path,
     out = tmp_path / "compare.html"
     assert main(["compare", str(base), str(cand), "-o", str(out), "--policy", str(tmp_path / "strict.toml")]) == 1
     assert "gate failed" in capsys.readouterr().err
-    from reports.compare import compare
+    from audit.compare import compare
 
     comparison = compare(json.loads(base.read_text()), json.loads(cand.read_text()))
     black = next(r for r in comparison["rows"] if r.get("metric") == "non_human_rate"

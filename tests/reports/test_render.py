@@ -217,7 +217,7 @@ def _set(results, probe, value, ci=0.01, **match):
 
 
 def test_compare_orders_regressions_first(results_copy):
-    from reports.compare import compare
+    from audit.compare import compare
 
     base, cand = results_copy(), results_copy()
     race = dict(label_set="default", group_by="race", group="Black")
@@ -253,32 +253,33 @@ def test_compare_orders_regressions_first(results_copy):
     ("retrieval_skew", "ndkl", "up"), ("retrieval_skew", "max_skew", "up"),
     ("distribution_shift", "corruption_error", "up"), ("distribution_shift", "mce", "up"),
     ("celebrity_identification", "top5_accuracy", "up"),
-    ("prompt_sensitivity", "accuracy", "down"), ("fairface_label_bias", "race_accuracy", "down"),
+    ("prompt_sensitivity", "accuracy", "down"), ("fairface_label_bias", "race_accuracy", None),
     ("distribution_shift", "effective_robustness", "down"),
-    ("prompt_sensitivity", "accuracy_std", None), ("x", "seconds", None),
+    ("prompt_sensitivity", "accuracy_std", "up"), ("x", "seconds", None),
 ])
-def test_worse_direction(probe, metric, worse):
-    from reports.compare import worse_direction
+def test_worse_direction_is_the_probes_declaration(probe, metric, worse):
+    from audit.compare import meta_of, metric_of
 
-    assert worse_direction(probe, metric) == worse
+    assert metric_of(meta_of({}, probe), metric)["worse"] == worse
 
 
 def test_print_compare(results_copy, capsys):
     from rich.console import Console
 
-    from reports.compare import compare, print_compare
+    from audit.compare import compare
+    from reports.compare import print_compare
 
     base, cand = results_copy(), results_copy()
     _set(cand, "fairface_label_bias", 0.9, metric="non_human_rate", label_set="default",
          group_by="race", group="White")
     print_compare(compare(base, cand), Console(width=160, color_system=None))
     out = capsys.readouterr().out
-    assert "WORSE" in out and "+0.7" in out and "1 regression(s)" in out
+    assert "WORSE" in out and " pts" in out and "1 regression(s)" in out
     assert "race: White · label_set=default" in out
 
 
 def test_compare_html_shows_regressions_and_gates(results_copy, tmp_path):
-    from reports.compare import compare
+    from audit.compare import compare
 
     base, cand = results_copy(), results_copy()
     _set(cand, "retrieval_skew", 5.0, metric="ndkl", group_by="gender", group="evil", k=10)
@@ -287,5 +288,5 @@ def test_compare_html_shows_regressions_and_gates(results_copy, tmp_path):
                    "detail": "max"}]
     text = render_compare(c, tmp_path / "compare.html").read_text()
     regress = text[text.index('id="regressions"'):text.index('id="improvements"')]
-    assert "ndkl" in regress and "+4" in regress
+    assert "NDKL of the ranking" in regress and "+4" in regress
     assert "skew gate" in text and "FAILED" in text
