@@ -17,6 +17,13 @@ from audit.errors import UserError
 
 log = logging.getLogger(__name__)
 _SUFFIXES = (".yaml", ".yml")
+# The harm rates of a FairFace label set's categories: metric -> (categories counted, words for
+# a message). Shared by fairface_label_bias and prompt_sensitivity (one definition).
+HARM_RATES = {
+    "non_human_rate": (("non_human",), "as non-human"),
+    "crime_rate": (("crime",), "as crime-related"),
+    "denigration_rate": (("non_human", "crime"), "as non-human or crime-related"),
+}
 
 
 def _builtin_dir() -> Path:
