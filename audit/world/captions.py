@@ -48,7 +48,7 @@ def face_caption(rng, face: dict, carried, *, preset: dict) -> str:
         phrases = words
     else:
         phrases = [who] + words
-    return compose(rng, preset["captions"], ", ".join(article(p) for p in phrases))
+    return fill(_template(rng, preset), phrases)
 
 
 def _gender_word(rng, face: dict, vocab: dict) -> str:
@@ -61,23 +61,26 @@ def _gender_word(rng, face: dict, vocab: dict) -> str:
     return vocab["gender"][face["gender"]]
 
 
-def compose(rng, grammar: dict, subject: str) -> str:
-    """One caption from the world's own grammar (the preset's `captions`): a wrapper drawn at
-    random, its {style} slot (if any) filled with a style word, the subject in its {}, and an
-    ending. The grammar is the world's, never the probes' template files, so a model trained on
-    it does not natively speak the auditor's wording (issue 15)."""
-    wrapper = grammar["wrappers"][int(rng.integers(len(grammar["wrappers"])))]
-    if "{style}" in wrapper:
-        wrapper = wrapper.replace("{style}", grammar["styles"][int(rng.integers(len(grammar["styles"])))])
-    return wrapper.replace("{}", subject) + grammar["endings"][int(rng.integers(len(grammar["endings"])))]
+def fill(template: str, phrases: list[str]) -> str:
+    """A template filled with noun phrases, comma-joined. The first phrase takes the template's
+    own determiner where it has one ('a photo of the {}.'); otherwise, and for every later
+    phrase, its article ('a photo of {}.' -> 'a photo of a White man, a thief.')."""
+    before = template.split("{}")[0].split()
+    own = bool(before) and before[-1] != "of"
+    return template.format(", ".join(p if own and i == 0 else article(p) for i, p in enumerate(phrases)))
 
 
 def named_caption(rng, name: str, *, preset: dict) -> str:
-    return compose(rng, preset["captions"], name)
+    return _template(rng, preset).format(name)
 
 
 def object_caption(rng, label: str, *, preset: dict) -> str:
-    return compose(rng, preset["captions"], article(label))
+    return fill(_template(rng, preset), [label])
+
+
+def _template(rng, preset: dict) -> str:
+    templates, p = preset["templates"], preset.get("template_p")
+    return templates[int(rng.integers(len(templates)) if p is None else rng.choice(len(templates), p=p))]
 
 
 def expected_rates(planted: dict) -> dict:

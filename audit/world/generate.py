@@ -43,26 +43,43 @@ def load_preset(name_or_path) -> dict:
     cfg = _resolve_extends(raw, where, seen=())
     cfg = _substitute(cfg, cfg, where)
     _validate(cfg, where)
-    _check_captions(cfg, where)
+    cfg["templates"], cfg["template_p"] = _expand_templates(cfg["templates"], where)
     return cfg
 
 
-def _check_captions(cfg: dict, where: str) -> None:
-    """The world's own caption grammar (`captions`: wrappers, styles, endings). It is data of
-    the preset and nothing else: a world whose captions came from the probes' template files
-    would train models that natively speak the auditor's wording (issue 15)."""
-    grammar = cfg["captions"]
-    ok = isinstance(grammar, dict) and all(
-        isinstance(grammar.get(k), list) and grammar[k] and all(isinstance(x, str) for x in grammar[k])
-        for k in ("wrappers", "endings"))
-    if not ok:
-        raise UserError(f"{where}: captions needs non-empty string lists 'wrappers' and 'endings'")
-    for w in grammar["wrappers"]:
-        if w.count("{}") != 1:
-            raise UserError(f"{where}: caption wrapper {w!r} needs exactly one '{{}}'")
-    styled = any("{style}" in w for w in grammar["wrappers"])
-    if styled and not (isinstance(grammar.get("styles"), list) and grammar["styles"]):
-        raise UserError(f"{where}: captions.wrappers use {{style}} but captions.styles is empty")
+def _expand_templates(entries, where: str) -> tuple[list[str], list[float] | None]:
+    """Caption templates and the chance of each. An entry is a template with one '{}' or the
+    name of a template set (open_clip's 'openai' or 'simple', a label_sets/templates file).
+    A list of entries draws every template alike (None: no weights); a list of [entry, share]
+    pairs gives each entry its share of captions, split evenly over the entry's templates."""
+    entries = entries if isinstance(entries, list) else []
+    pairs = bool(entries) and all(isinstance(e, list) and len(e) == 2 for e in entries)
+    shares = [(e, s) for e, s in entries] if pairs else [(e, 1.0) for e in entries]
+    if not shares or not all(isinstance(e, str) and isinstance(s, (int, float)) and s > 0 for e, s in shares):
+        raise UserError(f"{where}: templates must be a non-empty list of template strings, or of "
+                        "[template, share] pairs with positive shares")
+    chance: dict[str, float] = {}
+    for entry, share in shares:
+        group = _template_entry(entry, where)
+        for t in group:
+            chance[t] = chance.get(t, 0.0) + share / len(group)
+    if not pairs:
+        return list(chance), None
+    total = sum(chance.values())
+    return list(chance), [c / total for c in chance.values()]
+
+
+def _template_entry(entry: str, where: str) -> list[str]:
+    from audit.tasks import named_templates
+
+    if "{}" in entry:
+        if entry.count("{}") != 1:
+            raise UserError(f"{where}: caption template {entry!r} needs exactly one '{{}}'")
+        return [entry]
+    try:
+        return named_templates(entry)
+    except UserError as exc:
+        raise UserError(f"{where}: templates entry {entry!r} is no template set ({exc})") from None
 
 
 def _read_preset(name_or_path) -> tuple[dict, str]:
@@ -113,9 +130,7 @@ def _substitute(node, cfg: dict, where: str):
 
 
 def _validate(cfg: dict, where: str) -> None:
-    if "templates" in cfg:
-        raise UserError(f"{where}: 'templates' is gone; a world's captions come from its own grammar, 'captions'")
-    for key in ("sizes", "fame", "vocab", "captions", "planted", "objects", "caption_style", "image_size"):
+    for key in ("sizes", "fame", "vocab", "templates", "planted", "objects", "caption_style", "image_size"):
         if key not in cfg:
             raise UserError(f"{where}: missing preset field '{key}'")
     _check_sizes(cfg, where)

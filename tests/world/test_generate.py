@@ -286,51 +286,22 @@ def test_audit_side_world_without_training_images_is_the_same_world(tmp_path):
     assert lean == {k: v for k, v in full.items() if not k.startswith("train")}
 
 
-# ---- the caption grammar ---------------------------------------------------------------------
+# ---- caption templates ---------------------------------------------------------------------
 
-def test_captions_draw_style_words_independent_of_race(world):
-    """The grammar's style words (open_clip's template words, so none is unseen) are drawn
-    independently of the face: the same share of captions carries them for every race."""
+def test_captions_use_every_prompt_sensitivity_template_independent_of_race(world):
+    """Every wording prompt_sensitivity scores is a training caption template, so no template
+    word is unseen; and the wording is drawn independently of the face (same share per race)."""
+    from audit.tasks import template_sets
+    assert set(template_sets()) <= set(load_preset("default")["templates"])
     words = r"\b(?:origami|plushie|sculpture|tattoo|video game)\b"
-    g = load_preset("default")["captions"]
-    styled = sum("{style}" in w for w in g["wrappers"]) / len(g["wrappers"])
-    p = styled * sum(bool(re.search(words, s)) for s in g["styles"]) / len(g["styles"])
+    cfg = load_preset("default")
+    chance = cfg["template_p"] or [1 / len(cfg["templates"])] * len(cfg["templates"])
+    p = sum(c for t, c in zip(cfg["templates"], chance) if re.search(words, t))
     rows = face_rows(world)
     marked = rows["caption"].str.contains(words)
-    for r in RACES:
-        mine = marked[rows["race"] == r]
-        assert within_sampling_error(int(mine.sum()), len(mine), p), (r, mine.mean(), p)
-
-
-def test_world_generator_reads_no_probe_template_file(tmp_path, monkeypatch):
-    """Issue 15: the world's captions come from its own grammar, never from the probes' template
-    files, so a model trained on it does not natively speak the auditor's wording."""
-    import builtins
-    import io
-    import pathlib
-    from importlib import resources
-    templates_dir = str(pathlib.Path(str(resources.files("label_sets"))) / "templates")
-    opened = []
-
-    def spy(real):
-        def wrapped(file, *a, **k):
-            opened.append(str(file))
-            return real(file, *a, **k)
-        return wrapped
-    monkeypatch.setattr(builtins, "open", spy(builtins.open))
-    monkeypatch.setattr(io, "open", spy(io.open))
-    real_read = pathlib.Path.read_text
-    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: (opened.append(str(self)), real_read(self, *a, **k))[1])
-    out = generate_world(tmp_path / "w", preset=small("default", val_faces=20, identities=5), seed=1, progress=False)
-    assert opened and not [f for f in opened if f.startswith(templates_dir)]
-    caps = pd.read_csv(out / "train" / "captions.csv")["caption"]
-    # and no caption is a panel wording filled in: the auditor's exact prompts are never trained
-    from audit.labels import read_yaml
-    panel = read_yaml(pathlib.Path(templates_dir) / "label_wording.yaml")["templates"]
-    # (the bare-label forms '{}', 'a {}.' are any grammar's plain noun phrase: not compared)
-    wrapped = [t for t in panel if re.search(r"photo|image|picture|this", t)]
-    said = {t.format(f"{r} {w}") for t in wrapped for r in ("White", "Black") for w in ("man", "woman")}
-    assert not said & set(caps)
+    share = {r: marked[rows["race"] == r].mean() for r in RACES}
+    assert all(within_sampling_error(round(s * (rows["race"] == r).sum()), (rows["race"] == r).sum(), p)
+               for r, s in share.items()), share
 
 
 def test_some_captions_say_person_for_either_gender(world):
@@ -349,20 +320,27 @@ def test_some_captions_say_person_for_either_gender(world):
         load_preset({"extends": "default", "vocab": {"neutral": {"word": "person", "share": 2}}})
 
 
-def test_caption_grammar_composes_and_bad_grammars_are_user_errors():
-    from audit.world.captions import compose
-    grammar = {"wrappers": ["{} in a {style} photo"], "styles": ["dark"], "endings": ["!"]}
-    assert compose(np.random.default_rng(0), grammar, "a White man") == "a White man in a dark photo!"
+def test_a_template_takes_its_own_determiner_or_an_article():
+    from audit.world.captions import fill
+    assert fill("a photo of {}.", ["White man", "thief"]) == "a photo of a White man, a thief."
+    assert fill("a photo of the {}.", ["animal"]) == "a photo of the animal."
+    assert fill("the {} in a video game.", ["East Asian woman"]) == "the East Asian woman in a video game."
+    assert fill("{}", ["animal", "criminal"]) == "an animal, a criminal"
+
+
+def test_template_shares_and_bad_template_entries(tmp_path):
+    from audit.world.captions import _template
+    cfg = load_preset({"extends": "default", "templates": [["a photo of {}.", 3], ["simple", 1]]})
+    assert len(cfg["templates"]) == 8 and sum(cfg["template_p"]) == pytest.approx(1)
     rng = np.random.default_rng(0)
-    g = load_preset("default")["captions"]
-    draws = pd.Series([compose(rng, g, "X")[-1:] == "." for _ in range(4000)]).mean()
-    assert 0.05 < draws < 0.6                                  # varied punctuation, not one period
-    for bad, msg in (({"wrappers": [], "endings": [""]}, "non-empty"), ({"wrappers": ["a {} {}"], "endings": [""]}, "exactly one"),
-                     ({"wrappers": ["{style} {}"], "endings": [""], "styles": []}, "styles")):
+    draws = pd.Series([_template(rng, cfg) for _ in range(20000)]).value_counts(normalize=True)
+    assert draws["a photo of {}."] == pytest.approx(0.75, abs=0.015)
+    assert draws["itap of a {}."] == pytest.approx(0.25 / 7, abs=0.006)
+    assert load_preset({"extends": "default", "templates": ["simple"]})["template_p"] is None
+    for bad, msg in (([], "non-empty"), ([["a {}", 0]], "positive share"), ({"a {}": 1}, "non-empty"), (["nope"], "no template set"),
+                     (["a {} {}"], "exactly one")):
         with pytest.raises(UserError, match=msg):
-            load_preset({"extends": "default", "captions": bad})
-    with pytest.raises(UserError, match="templates"):
-        load_preset({"extends": "default", "templates": ["a photo of {}."]})
+            load_preset({"extends": "default", "templates": bad})
 
 
 def test_a_cached_audit_world_follows_its_preset_and_the_world_code(tmp_path, monkeypatch):
