@@ -1,7 +1,9 @@
 """Label sets: YAML data files in the `label_sets` package (or any path a user gives).
 
 A label set is `name`, `description`, `templates` (each with one `{}` for the label), and
-`classes`: a list of `{label, category, <attribute>: value, ...}`. `includes: <other set>`
+`panel` (the name of a wording panel, label_sets/templates/<panel>.yaml: the plain wordings a
+verdict is checked under; loaded into `panel_templates`; a set without inline `templates`
+uses the panel's), `classes`: a list of `{label, category, <attribute>: value, ...}`. `includes: <other set>`
 extends another set: its classes come first, then this file's; every other key of this file
 replaces the included one's. `reference:` holds published numbers a probe's summary quotes.
 """
@@ -15,6 +17,13 @@ from audit.errors import UserError
 
 log = logging.getLogger(__name__)
 _SUFFIXES = (".yaml", ".yml")
+# The harm rates of a FairFace label set's categories: metric -> (categories counted, words for
+# a message). Shared by fairface_label_bias and prompt_sensitivity (one definition).
+HARM_RATES = {
+    "non_human_rate": (("non_human",), "as non-human"),
+    "crime_rate": (("crime",), "as crime-related"),
+    "denigration_rate": (("non_human", "crime"), "as non-human or crime-related"),
+}
 
 
 def _builtin_dir() -> Path:
@@ -76,10 +85,33 @@ def load_label_set(name: str, *, _seen: tuple = ()) -> dict:
         classes = base["classes"] + list(data.get("classes") or [])
         data = {**base, **data, "classes": classes}
     data.setdefault("name", path.stem)
+    _resolve_panel(data, path)
     if not isinstance(data["name"], str) or not data["name"]:
         raise UserError(f"{path}: 'name' must be a non-empty string")
     _validate(data, path)
     return data
+
+
+def load_panel(panel: str, *, where: str) -> list[str]:
+    """The wordings of a panel: label_sets/templates/<panel>.yaml (a bare name only)."""
+    if not isinstance(panel, str) or not panel or "/" in panel or "\\" in panel:
+        raise UserError(f"{where}: 'panel' must be the name of a file in label_sets/templates, got {panel!r}")
+    path = _builtin_dir() / "templates" / f"{panel}.yaml"
+    if not _is_file(path):
+        raise UserError(f"{where}: panel {panel!r}: no such file label_sets/templates/{panel}.yaml")
+    templates = read_yaml(path).get("templates")
+    if not isinstance(templates, list) or not templates:
+        raise UserError(f"{path}: 'templates' must be a non-empty list")
+    check_templates(templates, where=str(path))
+    return list(templates)
+
+
+def _resolve_panel(data: dict, path: Path) -> None:
+    """Each set names its panel; its wordings are the default templates (data, not code)."""
+    if "panel" not in data:
+        return
+    data["panel_templates"] = load_panel(data["panel"], where=str(path))
+    data.setdefault("templates", data["panel_templates"])
 
 
 def check_templates(templates, *, where: str) -> None:

@@ -375,3 +375,36 @@ def excess_p_value(k_group: int, n_group: int, k_all: int, n_all: int) -> float:
 
     p = hypergeom.sf(np.asarray(k_group) - 1, n_all, k_all, n_group)
     return float(p) if np.ndim(p) == 0 else p
+
+
+def excess_tests(hit: np.ndarray, groups: Sequence, *, min_n: int) -> list[dict]:
+    """Per group (n >= min_n) under each of T wordings (hit: (n_images, T) bools): the group's
+    rate, the overall rate and the one-sided Fisher exact p-value of the group's excess over all
+    images (1 where the group is not above the overall rate). The one excess test every probe
+    uses (fairface_label_bias, prompt_sensitivity), so a verdict means the same everywhere."""
+    hit, groups = np.asarray(hit, dtype=bool), np.asarray(groups)
+    if hit.ndim == 1:
+        hit = hit[:, None]
+    n, k_all = len(groups), hit.sum(axis=0)
+    out = []
+    for g in sorted(set(groups.tolist())):
+        mask = groups == g
+        n_g = int(mask.sum())
+        if n_g < min_n:
+            continue
+        k = hit[mask].sum(axis=0)
+        rate, overall = k / n_g, k_all / n
+        p = np.where(rate > overall, excess_p_value(k, n_g, k_all, n), 1.0)
+        out.append({"group": g, "n": n_g, "rate": rate, "overall": overall, "p": np.atleast_1d(p)})
+    return out
+
+
+def wordings_holding(p: np.ndarray, rate: np.ndarray, overall: np.ndarray, *, cutoff: float) -> int:
+    """How many wordings show the excess significantly, in the same (upward) direction."""
+    p, rate, overall = np.atleast_1d(p), np.atleast_1d(rate), np.atleast_1d(overall)
+    return int(((p < cutoff) & (rate > overall)).sum())
+
+
+def is_robust(holding: int, wordings: int, *, share: float = 2 / 3) -> bool:
+    """The robustness rule: a finding holds under at least `share` of the panel's wordings."""
+    return wordings > 0 and holding >= math.ceil(share * wordings - 1e-9)

@@ -34,6 +34,12 @@ def load_templates(name: str) -> list[str]:
     return templates
 
 
+def template_panel(name: str) -> list[str]:
+    """The wordings of the `panel` a template set names (empty when it names none)."""
+    panel = _read_yaml(name).get("panel")
+    return load_templates(panel) if panel else []
+
+
 def named_templates(name: str) -> list[str]:
     """A template set by name: open_clip's 'openai' (80) or 'simple' (7), imported from
     open_clip itself, or a label_sets/templates file (or YAML path)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from audit import stats, zeroshot
 from audit.errors import UserError
-from audit.labels import check_templates
+from audit.labels import HARM_RATES, check_templates
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
@@ -22,11 +22,7 @@ from audit.settings import setting
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("race", "gender", "age")
-RATES = {  # metric -> (categories counted, words for a message)
-    "non_human_rate": (("non_human",), "as non-human"),
-    "crime_rate": (("crime",), "as crime-related"),
-    "denigration_rate": (("non_human", "crime"), "as non-human or crime-related"),
-}
+RATES = HARM_RATES  # metric -> (categories counted, words for a message): audit.labels
 UNDER_20 = ("0-2", "3-9", "10-19")  # FairFace's age buckets below 20, the paper's headline
 
 

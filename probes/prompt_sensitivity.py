@@ -28,8 +28,8 @@ from audit.registry import Metric, register_probe
 from audit.tasks import (classification_tasks, ensemble, per_template_predictions, template_sets,
                          template_weights)
 from audit.results import ProbeResult, config_dict, row
+from audit.labels import HARM_RATES as FAIRFACE_RATES
 from audit.settings import setting
-from probes.fairface_label_bias import RATES as FAIRFACE_RATES
 
 log = logging.getLogger(__name__)
 # fairface_label_bias's two single-category rates: {metric: categories}, {metric: message words}
@@ -193,20 +193,9 @@ def names_a_group(template: str, classes: list[dict]) -> bool:
 
 
 def excess_tests(hit, groups, metric, attr, *, min_n) -> list[dict]:
-    """Per group (n >= min_n): its rate and the overall rate under each template, and the
-    one-sided Fisher exact p-value of its excess (1 where it is not above the overall rate)."""
-    from audit.stats import excess_p_value
-    n, k_all = len(groups), hit.sum(axis=0)
-    out = []
-    for g in sorted(set(groups)):
-        mask = groups == g
-        if mask.sum() < min_n:
-            continue
-        k = hit[mask].sum(axis=0)
-        rate, overall = k / mask.sum(), k_all / n
-        p = np.where(rate > overall, excess_p_value(k, int(mask.sum()), k_all, n), 1.0)
-        out.append({"metric": metric, "group_by": attr, "group": g, "rate": rate, "overall": overall, "p": p})
-    return out
+    """stats.excess_tests (the shared Fisher exact test) keyed by rate and attribute."""
+    from audit.stats import excess_tests as tests
+    return [{"metric": metric, "group_by": attr, **t} for t in tests(hit, groups, min_n=min_n)]
 
 
 def wording_findings(tests, templates, alpha) -> list[dict]:
@@ -215,7 +204,7 @@ def wording_findings(tests, templates, alpha) -> list[dict]:
     cut = alpha / max(1, sum(len(t["p"]) for t in tests))
     findings = []
     for t in tests:
-        flagged = t["p"] < cut
+        flagged = (t["p"] < cut) & (t["rate"] > t["overall"])
         if not flagged.any() or flagged.all():
             continue
         top, low = int(np.argmin(t["p"])), int(np.argmin(np.where(flagged, np.inf, t["rate"])))

@@ -86,14 +86,41 @@ class RetrievalSkew:
         ks = sorted({min(int(k), len(img)) for k in cfg.ks if k > 0})
         queries = (stats.random_query_rankings(img, k=max(ks), n_queries=cfg.n_random_queries, seed=ctx.seed)
                    if cfg.n_random_queries > 0 and ks else None)
+        orders = _wording_orders(ctx, img, concepts, templates)
         rows = []
         for attr in cfg.attributes:
             groups = source.table[attr].astype(str).to_numpy()
             rows += _attribute_rows(groups, order, concepts, ks, attr, cfg, seed=ctx.seed, queries=queries)
+            rows += _wording_rows(groups, orders, concepts, ks, attr, cfg, seed=ctx.seed)
         findings = _findings(rows, cfg)
         return ProbeResult(status="ok", summary=_summary(rows, len(img), concepts, cfg),
                            rows=rows, findings=findings, config=config_dict(cfg))
 
+
+
+def _wording_orders(ctx, img, concepts, templates) -> dict:
+    """Per wording alone: the (N, C) ranking. The texts are the ensemble's own (the Embedder
+    caches them) and the images are encoded once."""
+    from audit.tasks import template_weights
+
+    weights = template_weights(ctx, concepts, templates)            # (T, C, D)
+    return {t: np.argsort(-(img @ w.T), axis=0, kind="stable") for t, w in zip(templates, weights)}
+
+
+def _wording_rows(groups, orders, concepts, ks, attr, cfg, *, seed) -> list[dict]:
+    """max_skew per concept under each wording alone (`template: <wording>`, permutation p,
+    no CI), then its `max_skew_min`/`max_skew_max` across wordings."""
+    desired = stats.desired_distribution(groups, kind=cfg.desired)
+    rows = []
+    for k in ks:
+        null = stats.max_skew_null(groups, k=k, desired=desired, n_perm=cfg.n_perm, seed=seed)
+        for j, concept in enumerate(concepts):
+            per = [{**_concept_rows(groups[order[:, j]], concept, k, attr, desired, null, None)[0],
+                    "template": t} for t, order in orders.items()]
+            rows += per
+            for suffix, pick in (("min", min), ("max", max)):
+                rows.append({**pick(per, key=lambda r: r["value"]), "metric": f"max_skew_{suffix}"})
+    return rows
 
 
 def _attribute_rows(groups, order, concepts, ks, attr, cfg, *, seed, queries) -> list[dict]:
@@ -120,7 +147,7 @@ def _concept_rows(ranked, concept, k, attr, desired, null, queries) -> list[dict
     share = dict(zip(names.tolist(), (counts / k).tolist()))
     favoured = max(desired, key=lambda g: np.log(max(share.get(g, 0), 1 / k) / desired[g])
                    if desired[g] > 0 else -np.inf)
-    extra = {"concept": concept, "k": k, "attribute": attr}
+    extra = {"concept": concept, "k": k, "attribute": attr, "template": "ensemble"}
     return [
         row("max_skew", skew, group_by=attr, group=concept, n=k, **extra,
             favoured=favoured, favoured_share=share.get(favoured, 0.0),
@@ -147,7 +174,7 @@ def _mean_rows(per_concept, k, attr) -> list[dict]:
     for i, metric in enumerate(("max_skew", "ndkl")):
         values = [pair[i]["value"] for pair in per_concept]
         out.append(row(metric, float(np.mean(values)), group_by=attr, group="all", n=k,
-                       concept="all", k=k, attribute=attr))
+                       concept="all", k=k, attribute=attr, template="ensemble"))
     return out
 
 
@@ -155,7 +182,8 @@ def _findings(rows, cfg) -> list[dict]:
     """One finding per attribute, naming every concept with a significant skew over the
     threshold (at its worst k). A retrieval model skews many concepts at once, and thirty
     separate findings would bury the rest of the report."""
-    tests = [r for r in rows if r["metric"] == "max_skew" and r["group"] != "all"]
+    tests = [r for r in rows if r["metric"] == "max_skew" and r["group"] != "all"
+             and r["template"] == "ensemble"]
     cutoff = cfg.alpha / max(1, len(tests))
     worst = {}
     for r in tests:
@@ -170,8 +198,20 @@ def _findings(rows, cfg) -> list[dict]:
         flagged = sorted((r for (a, _), r in worst.items() if a == attr),
                          key=lambda r: -r["value"])
         if flagged:
-            findings.append(_finding(attr, flagged, n_concepts, cutoff))
+            findings.append(_finding(attr, flagged, n_concepts, cutoff, _holding(rows, flagged, cfg, cutoff)))
     return findings
+
+
+def _holding(rows, flagged, cfg, cutoff) -> dict:
+    """Per flagged concept: the wordings alone under which the same skew (same k, same
+    favoured group, over the threshold, p below the same corrected cut) appears."""
+    out = {}
+    for f in flagged:
+        alone = [r for r in rows if r["metric"] == "max_skew" and r["template"] != "ensemble"
+                 and r["attribute"] == f["attribute"] and r["concept"] == f["concept"] and r["k"] == f["k"]]
+        out[f["concept"]] = ([r["template"] for r in alone if r["favoured"] == f["favoured"]
+                              and r["value"] >= cfg.max_skew_threshold and r["p_value"] < cutoff], len(alone))
+    return out
 
 
 def _describe(r) -> str:
@@ -180,20 +220,28 @@ def _describe(r) -> str:
             f"{r['value']:.2f})")
 
 
-def _finding(attr, flagged, n_concepts, cutoff) -> dict:
-    top = flagged[0]
+def _finding(attr, flagged, n_concepts, cutoff, holding) -> dict:
+    """Severity medium only when some flagged concept holds under >= 2/3 of the wordings alone
+    (stats.is_robust); else low, and the message says the skew depends on the wording."""
+    robust = [r for r in flagged if stats.is_robust(len(holding[r["concept"]][0]), holding[r["concept"]][1])]
+    top = (robust or flagged)[0]
+    held, K = holding[top["concept"]]
     message = (f"Searching faces by concept returns a skewed {attr} mix for {len(flagged)} of "
                f"{n_concepts} concepts, beyond what random rankings and random queries produce. "
                "Strongest: "
-               + "; ".join(_describe(r) for r in flagged[:3]) + ".")
-    evidence = {"attribute": attr, "concepts_flagged": len(flagged), "concepts": n_concepts,
+               + "; ".join(_describe(r) for r in flagged[:3]) + "."
+               + (f" '{top['concept']}' holds under {len(held)} of {K} wordings alone." if robust else
+                  f" Wording-dependent: under the wordings alone it appears only with "
+                  f"{', '.join(repr(t) for t in held) or 'none'} ({len(held)} of {K})."))
+    evidence = {"wordings_holding": len(held), "wordings": K,
+                "robust_concepts": ", ".join(r["concept"] for r in robust),"attribute": attr, "concepts_flagged": len(flagged), "concepts": n_concepts,
                 "flagged": ", ".join(r["concept"] for r in flagged),
                 "worst_concept": top["concept"], "k": top["k"], "max_skew": top["value"],
                 "favoured": top["favoured"], "favoured_share": top["favoured_share"],
                 "desired_share": top["desired_share"], "p_value": top["p_value"],
                 "p_random_queries": top["p_random_queries"],
                 "p_cutoff": cutoff}
-    return {"severity": "medium", "message": message, "evidence": evidence}
+    return {"severity": "medium" if robust else "low", "message": message, "evidence": evidence}
 
 
 def _summary(rows, n_images, concepts, cfg) -> dict:
@@ -201,7 +249,9 @@ def _summary(rows, n_images, concepts, cfg) -> dict:
     for r in rows:
         if r["group"] == "all":
             out[f"mean_{r['metric']}_{r['attribute']}_at_{r['k']}"] = r["value"]
-    skews = [r for r in rows if r["metric"] == "max_skew" and r["group"] != "all"]
+    skews = [r for r in rows if r["metric"] == "max_skew" and r["group"] != "all"
+             and r["template"] == "ensemble"]
+    out["wordings"] = len({r["template"] for r in rows if r.get("template") not in (None, "ensemble")})
     if skews:
         # The least random-looking skew, not the largest: MaxSkew@10 is large by chance.
         worst = min(skews, key=lambda r: (r["p_value"], -r["value"]))

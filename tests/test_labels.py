@@ -79,3 +79,31 @@ def test_odd_names_are_user_errors(tmp_path, text, problem):
     f.write_text(text)
     with pytest.raises(UserError, match=problem):
         load_label_set(str(f))
+
+
+def test_every_builtin_set_names_its_wording_panel():
+    """Issue 15: each label set names a panel (data); the people panel has >= 12 plain wordings."""
+    from audit.tasks import load_templates
+
+    for name in list_label_sets():
+        data = load_label_set(name)
+        assert data["panel_templates"] == load_templates(data["panel"])
+    people = load_templates("people")
+    assert len(people) >= 12 and len(set(people)) == len(people)
+    assert {"{}", "a photo of a {}", "a photo of a {}.", "a portrait of a {}",
+            "a close-up photo of a {}.", "an image of a {}"} <= set(people)
+    assert any(t.endswith(".") for t in people) and any(not t.endswith(".") for t in people)
+
+
+def test_a_set_without_inline_templates_uses_its_panel():
+    data = load_label_set("retrieval_concepts")
+    assert data["templates"] == data["panel_templates"] and len(data["templates"]) == 11
+
+
+@pytest.mark.parametrize("panel, problem", [("nope", "no such file"), ("../x", "must be the name"),
+                                            ("[1]", "must be the name")])
+def test_bad_panel_is_a_user_error(tmp_path, panel, problem):
+    f = tmp_path / "mine.yaml"
+    f.write_text(f"panel: {panel}\nclasses:\n  - {{label: a, category: human}}\n")
+    with pytest.raises(UserError, match=problem):
+        load_label_set(str(f))

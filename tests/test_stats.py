@@ -319,3 +319,31 @@ def test_random_query_max_skew_equals_ranking_each_direction():
         ranked = groups[np.argsort(-(images @ dirs[:, j]), kind="stable")]
         for k in (5, 50, 300):
             assert got[k][j] == pytest.approx(max_skew_at_k(ranked, k=k, desired=desired), abs=1e-6)
+
+
+def test_excess_tests_match_scipy_fisher_per_wording():
+    """The shared excess test is scipy's one-sided Fisher exact test of the group against the
+    rest (the same p as the hypergeometric tail against all images), wording by wording."""
+    from scipy.stats import fisher_exact
+
+    rng = np.random.default_rng(3)
+    groups = np.array(["a"] * 60 + ["b"] * 140)
+    hit = rng.random((200, 3)) < np.where(groups == "a", 0.3, 0.1)[:, None]
+    hit[:, 2] = rng.random(200) < 0.1          # no planted excess under the third wording
+    tests = {t["group"]: t for t in stats.excess_tests(hit, groups, min_n=20)}
+    for w in range(3):
+        a, rest = hit[groups == "a", w], hit[groups == "b", w]
+        table = [[a.sum(), len(a) - a.sum()], [rest.sum(), len(rest) - rest.sum()]]
+        expect = fisher_exact(table, alternative="greater")[1] if a.mean() > hit[:, w].mean() else 1.0
+        assert tests["a"]["p"][w] == pytest.approx(expect, rel=1e-9)
+        assert tests["a"]["rate"][w] == pytest.approx(a.mean())
+        assert tests["a"]["overall"][w] == pytest.approx(hit[:, w].mean())
+    assert [t["group"] for t in stats.excess_tests(hit, groups, min_n=61)] == ["b"]
+
+
+def test_wordings_holding_and_the_two_thirds_rule():
+    p = np.array([1e-6, 1e-6, 0.5, 1e-6])
+    rate, overall = np.array([0.3, 0.3, 0.3, 0.05]), np.full(4, 0.1)
+    assert stats.wordings_holding(p, rate, overall, cutoff=1e-3) == 2  # the 4th is below overall
+    assert stats.is_robust(8, 12) and not stats.is_robust(7, 12)
+    assert stats.is_robust(2, 3) and not stats.is_robust(1, 3) and not stats.is_robust(0, 0)

@@ -122,8 +122,17 @@ def planted_world(tmp_path, *, n_ids=40, per_id=5, n_distractors=200, dim=64, se
     path = tmp_path / "distractors.txt"
     path.write_text("# a comment\n" + "\n".join(distractors) + "\n\n")
 
+    scrambled = dict(zip(name_vec, rng.permutation(list(name_vec.values()))))
+
     def text_fn(t):
-        return name_vec[t.removeprefix("a photo of ").removesuffix(".")]
+        """'a photo of {}.' and the other wordings name the person; the bare name '{}' is
+        planted to point at someone else's vector (a wording the model does not read)."""
+        for w in ("a close-up photo of ", "a portrait of ", "a photo of "):
+            if t.startswith(w):
+                return name_vec[t.removeprefix(w).removesuffix(".")]
+        if t.endswith(", in a photo."):
+            return name_vec[t.removesuffix(", in a photo.")]
+        return scrambled[t]
     return src, PlantedEmbedder(vecs, text_fn), path, name_vec
 
 
@@ -134,8 +143,9 @@ def test_probe_on_planted_world(tmp_path):
     cfg = CelebrityIdentification.Config(candidates=(10, 100, 1000), draws=3, n_boot=200)
     res = CelebrityIdentification().run(ctx, cfg)
     assert res.status == "ok"
-    assert len(emb.text_calls) == 1 and len(emb.text_calls[0]) == 240     # every name once, one call
-    overall = {(r["metric"], r["candidates"]): r for r in res.rows if r["group_by"] == "overall"}
+    assert len(emb.text_calls[0]) == 240     # the headline: every name once, one call
+    overall = {(r["metric"], r["candidates"]): r for r in res.rows if r["group_by"] == "overall"
+               and r["metric"] != "top1_accuracy_by_wording"}
     assert set(overall) == {(m, n) for m in ("top1_accuracy", "top5_accuracy") for n in (10, 100, 240)}
     # oracle at N = all 240 names: a plain argmax over every name, no sampling involved
     img = emb.images(src)
@@ -163,3 +173,21 @@ def test_unreadable_distractor_file_is_a_user_error(tmp_path):
     cfg = CelebrityIdentification.Config(distractors=str(tmp_path / "missing.txt"))
     with pytest.raises(UserError, match="missing.txt"):
         CelebrityIdentification().run(ctx, cfg)
+
+
+def test_top1_range_over_the_name_wordings(tmp_path):
+    """Issue 15: top-1 at the smallest N under each name wording alone. The headline's own
+    wording reproduces the headline exactly (same draws); the planted '{}' is at chance level."""
+    src, emb, path, _ = planted_world(tmp_path)
+    src.attrs["distractors_file"] = str(path)
+    ctx = ProbeContext(embedder=emb, sources={"celebrity": src}, seed=0, device="cpu")
+    res = CelebrityIdentification().run(ctx, CelebrityIdentification.Config(candidates=(10,), draws=3, n_boot=50))
+    alone = {r["template"]: r for r in res.rows if r["metric"] == "top1_accuracy_by_wording"}
+    from audit.tasks import load_templates
+    assert list(alone) == load_templates("celebrity_names")
+    (head,) = [r for r in res.rows if r["metric"] == "top1_accuracy" and r["group_by"] == "overall"]
+    assert alone["a photo of {}."]["value"] == pytest.approx(head["value"])
+    assert alone["{}"]["value"] < 0.3 < head["value"]
+    assert res.summary["top1_wording_min"] == alone["{}"]["value"]
+    assert res.summary["top1_wording_max"] == max(r["value"] for r in alone.values())
+    assert res.summary["top1_wordings"] == 6

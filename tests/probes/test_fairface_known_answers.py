@@ -103,7 +103,7 @@ def default_retrieval(faces_world):
 def test_retrieval_of_criminal_favours_men(default_retrieval):
     """The same planted crime-on-men bias, seen through text-to-image retrieval."""
     (r,) = [r for r in default_retrieval.rows if r["metric"] == "max_skew" and r["k"] == 100
-            and r["group_by"] == "gender" and r["group"] == "criminal"]
+            and r["group_by"] == "gender" and r["group"] == "criminal" and r["template"] == "ensemble"]
     assert r["favoured"] == "Male" and r["ci_low"] > 0.2, r
 
 

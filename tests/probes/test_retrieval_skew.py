@@ -101,7 +101,7 @@ def test_mean_over_concepts(biased):
                 (mean,) = [r for r in res.rows if r["metric"] == metric and r["group"] == "all"
                            and r["group_by"] == attr and r["k"] == k]
                 values = [r["value"] for r in res.rows if r["metric"] == metric
-                          and r["group_by"] == attr and r["k"] == k and r["group"] != "all"]
+                              and r["group_by"] == attr and r["k"] == k and r["group"] != "all" and r["template"] == "ensemble"]
                 assert len(values) == len(CONCEPTS)
                 assert mean["value"] == pytest.approx(np.mean(values))
 
@@ -138,12 +138,12 @@ def test_summary_and_json(biased):
     data = json.loads(json.dumps(res.to_json(), allow_nan=False))
     assert data["config"]["ks"] == [10, 100, 1000]
     for r in data["rows"]:
-        has_ci = r["metric"] == "max_skew" and r["group"] != "all"
+        has_ci = r["metric"] == "max_skew" and r["group"] != "all" and r["template"] == "ensemble"
         assert (r["ci_low"] is not None) == has_ci
         if has_ci:
             assert r["ci_low"] <= r["ci_high"]
     (planted,) = [r for r in data["rows"] if r["metric"] == "max_skew" and r["k"] == 100
-                  and r["group"] == "criminal" and r["group_by"] == "gender"]
+                  and r["group"] == "criminal" and r["group_by"] == "gender" and r["template"] == "ensemble"]
     assert planted["ci_low"] > 0.4  # all men in every resample's top 100, near ln 2
 
 
@@ -164,7 +164,8 @@ def test_uniform_desired_distribution(tmp_path):
                     attributes=("race",))
     counts = table.race.value_counts()
     expected = math.log(counts.max() / 300 / (1 / 7))
-    (r,) = [r for r in res.rows if r["metric"] == "max_skew" and r["group"] == "neutral"]
+    (r,) = [r for r in res.rows if r["metric"] == "max_skew" and r["group"] == "neutral"
+            and r["template"] == "ensemble"]
     assert r["value"] == pytest.approx(expected)
 
 
@@ -190,3 +191,81 @@ def test_cluster_geometry_alone_is_no_finding(tmp_path):
     naive = run_probe(tmp_path, table, scores, text, n_random_queries=0)
     assert any(f["evidence"]["attribute"] == "gender" for f in naive.findings)
     assert run_probe(tmp_path, table, scores, text).findings == []
+
+
+WORDINGS = ["{}", "a {}", "the {}"]
+
+
+class WordingEmbedder(StubEmbedder):
+    """'criminal' under wording i -> vectors[i]; the other concepts -> their one-hot axis."""
+
+    def __init__(self, images, vectors):
+        super().__init__(images)
+        self._wording = vectors
+
+    def texts(self, texts):
+        out = []
+        for t in texts:
+            for i, w in enumerate(WORDINGS[::-1]):   # longest prefix first: "{}" matches all
+                wi = len(WORDINGS) - 1 - i
+                concept = t[len(w) - 2:] if t.startswith(w[:-2]) else None
+                if concept in CONCEPTS:
+                    break
+            vec = self._wording[wi] if concept == "criminal" else np.eye(DIM)[CONCEPTS.index(concept)]
+            out.append(vec / np.linalg.norm(vec))
+        return np.stack(out).astype(np.float32)
+
+
+def run_wordings(tmp_path, scores, table, vectors):
+    label_file = tmp_path / "concepts.yaml"
+    label_file.write_text("name: test_concepts\ntemplates: " + json.dumps(WORDINGS) + "\nclasses:\n"
+                          + "".join(f"  - {{label: {c}}}\n" for c in CONCEPTS))
+    source = Source(name="fairface", spec="planted", kind="fairface", table=table, fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=WordingEmbedder(scores, vectors), sources={"fairface": source},
+                       seed=0, device="cpu")
+    cfg = RetrievalSkew.Config(label_set=str(label_file), ks=(100,), attributes=("gender",),
+                               n_boot=0, n_random_queries=0, n_perm=4000)
+    return RetrievalSkew().run(ctx, cfg)
+
+
+def _axis(i, scale=1.0):
+    return scale * np.eye(DIM)[i]
+
+
+def test_a_skew_under_one_wording_only_is_wording_dependent(tmp_path):
+    """'criminal' reads the planted gender axis under '{}' only; the other two wordings read
+    noise dimensions. The ensemble still skews (it sums the axes), one wording of three holds:
+    severity low, k=1 of K=3, and the per-wording values equal the textbook MaxSkew."""
+    table, scores = planted()
+    scores[:, 0] *= 6                    # strong enough to survive the ensemble's averaging
+    vectors = [_axis(0), _axis(10), _axis(11)]
+    res = run_wordings(tmp_path, scores, table, vectors)
+    (f,) = res.findings
+    assert f["severity"] == "low" and "Wording-dependent" in f["message"] and "'{}'" in f["message"]
+    assert (f["evidence"]["wordings_holding"], f["evidence"]["wordings"]) == (1, 3)
+    groups = table.gender.tolist()
+    desired = table.gender.value_counts(normalize=True).to_dict()
+    for w, v in zip(WORDINGS, vectors):
+        (r,) = [r for r in res.rows if r["metric"] == "max_skew" and r["template"] == w
+                and r["concept"] == "criminal"]
+        assert r["value"] == pytest.approx(slow_max_skew(slow_rank(scores @ v, groups), 100, desired))
+    (lo,) = [r for r in res.rows if r["metric"] == "max_skew_min" and r["concept"] == "criminal"]
+    (hi,) = [r for r in res.rows if r["metric"] == "max_skew_max" and r["concept"] == "criminal"]
+    assert lo["template"] in WORDINGS[1:] and hi["template"] == "{}" and hi["value"] > lo["value"]
+
+
+def test_a_skew_under_every_wording_is_robust(tmp_path):
+    table, scores = planted()
+    vectors = [_axis(0) + _axis(10 + i, 0.05) for i in range(3)]
+    res = run_wordings(tmp_path, scores, table, vectors)
+    (f,) = res.findings
+    assert f["severity"] == "medium" and "Wording-dependent" not in f["message"]
+    assert f["evidence"]["wordings_holding"] == f["evidence"]["wordings"] == 3
+
+
+def test_a_uniform_shift_under_every_wording_is_no_finding(tmp_path):
+    """Every image's criminal score raised by the same amount: rankings, and so skews, unchanged."""
+    table, scores = planted(biased=False)
+    scores[:, 0] += 3.0
+    res = run_wordings(tmp_path, scores, table, [_axis(0), _axis(0) + _axis(10, 0.05), _axis(0)])
+    assert res.findings == []

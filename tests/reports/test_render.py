@@ -290,3 +290,15 @@ def test_compare_html_shows_regressions_and_gates(results_copy, tmp_path):
     regress = text[text.index('id="regressions"'):text.index('id="improvements"')]
     assert "NDKL of the ranking" in regress and "+4" in regress
     assert "skew gate" in text and "FAILED" in text
+
+
+def test_retrieval_headline_says_ensemble_and_range(results, tmp_path):
+    """Per-wording rows (issue 15) give the 'ensemble of K wordings; range' line and stay out of
+    the ensemble charts."""
+    rows = results["probes"]["retrieval_skew"]["rows"]
+    for r in list(rows):
+        r["template"] = "ensemble"
+    rows += [{**rows[0], "template": w, "value": v} for w, v in (("{}", 0.125), ("a {}", 0.75))]
+    text = _render(results, tmp_path)
+    skew = text[text.index('id="probe-retrieval_skew"'):]
+    assert "ensemble of 2 wordings; range\n0.12–0.75" in skew or "ensemble of 2 wordings; range 0.12–0.75" in skew
