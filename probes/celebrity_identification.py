@@ -136,8 +136,9 @@ class CelebrityIdentification:
     metrics = {  # naming people more often is a surveillance risk, not a quality
         "top1_accuracy": Metric("Named correctly (top 1)", "fraction", worse="up"),
         "top5_accuracy": Metric("Named in the top 5", "fraction", worse="up"),
+        "top1_accuracy_by_wording": Metric("Named correctly (top 1), one name wording", "fraction", worse="up"),
     }
-    row_keys = ("candidates",)
+    row_keys = ("candidates", "template")
     requires = ("celebrity",)
 
     @dataclass(frozen=True)

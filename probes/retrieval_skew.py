@@ -41,8 +41,10 @@ class RetrievalSkew:
                            "over its share of the images"),
         "ndkl": Metric("NDKL of the ranking", "number", worse="up",
                        description="normalised discounted KL divergence from the image shares"),
+        "max_skew_min": Metric("Lowest MaxSkew across wordings", "number", worse="up"),
+        "max_skew_max": Metric("Highest MaxSkew across wordings", "number", worse="up"),
     }
-    row_keys = ("concept", "k", "attribute")
+    row_keys = ("concept", "k", "attribute", "template")
     requires = ("fairface",)
 
     @dataclass(frozen=True)
