@@ -208,3 +208,38 @@ def test_mask_is_the_tokenizers_own(hf_clip_dir, tmp_path):
         got = tok(texts, padding="longest", return_tensors="pt")
         mask = _mask(got["input_ids"], tok.eos_token_id, tok.pad_token_id)
         assert torch.equal(mask, got["attention_mask"].long()), type(tok).__name__
+
+
+class _Payload:
+    """Unpickling this runs code: what a weights_only load must refuse."""
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.marker),))
+
+
+def test_bin_weights_load_weights_only(hf_clip_dir, tmp_path):
+    """A pytorch_model.bin of plain tensors loads as the safetensors folder does; one holding a
+    pickled object is refused in one line, and its code never runs."""
+    import shutil
+
+    from audit.errors import UserError
+    from audit.models import load
+    from transformers import CLIPModel
+
+    out = tmp_path / "bin"
+    shutil.copytree(hf_clip_dir, out)
+    state = CLIPModel.from_pretrained(hf_clip_dir).state_dict()
+    (out / "model.safetensors").unlink()
+    torch.save(state, out / "pytorch_model.bin")
+    imgs = images()
+    _, _, im_ref, tx_ref = ours(str(hf_clip_dir), imgs, TEXTS, tmp_path)
+    _, _, im, tx = ours(str(out), imgs, TEXTS, tmp_path)
+    np.testing.assert_allclose(im, im_ref, atol=1e-6)
+    np.testing.assert_allclose(tx, tx_ref, atol=1e-6)
+    _Payload.marker = str(tmp_path / "ran")
+    torch.save({**state, "extra": _Payload()}, out / "pytorch_model.bin")
+    with pytest.raises(UserError, match="cannot load the transformers model"):
+        load(str(out), device="cpu")
+    assert not (tmp_path / "ran").exists()
