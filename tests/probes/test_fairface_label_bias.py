@@ -35,8 +35,11 @@ class StubEmbedder:
         return v
 
     def texts(self, texts):
-        prefix, suffix = TEMPLATE.split("{}")
-        return np.stack([self.vec(t[len(prefix):len(t) - len(suffix)]) for t in texts])
+        """Any wording of a label gives that label's axis: the planted harms hold under every
+        wording of the panel, so the wording robustness count is K of K."""
+        by_length = sorted(self.axis, key=len, reverse=True)
+        return np.stack([self.vec(next(label for label in by_length if t.rstrip(".").endswith(label)))
+                         for t in texts])
 
     def images(self, source, *, transform=None):
         return self._images
@@ -364,3 +367,60 @@ def test_an_excess_in_half_the_images_is_found():
     assert (ev["group_by"], ev["group"], ev["value"]) == ("gender", "Male", 0.03)
     assert ev["ci_low"] < ev["overall_ci_high"]        # the old CI-separation rule missed it
     assert ev["p_value"] < ev["p_cutoff"]
+
+
+class WordingStub(StubEmbedder):
+    """'gorilla' reads as gorilla only under the wordings in `holds`; under any other wording its
+    text points nowhere, so the planted Black faces fall back to their human class."""
+
+    def __init__(self, labels, holds):
+        super().__init__([*labels, "<nowhere>"], None)
+        self.holds = holds
+
+    def texts(self, texts):
+        out = super().texts(texts)
+        for i, t in enumerate(texts):
+            if t.rstrip(".").endswith("gorilla") and t.replace("gorilla", "{}") not in self.holds:
+                out[i] = self.vec("<nowhere>")
+        return out
+
+
+def _wording_run(world, holds):
+    from audit.labels import load_label_set as load
+
+    labels = [c["label"] for c in load("fairface_with_child")["classes"]]
+    emb = WordingStub(labels, holds)
+    vecs = []
+    for race, default in zip(world["race"], world["default"]):
+        if default == "gorilla":  # human enough to lose to a gorilla text that points here
+            vecs.append(0.6 * emb.vec(human_label(race, "Male")) + 0.8 * emb.vec("gorilla"))
+        else:
+            vecs.append(emb.vec(default) if default != "criminal" else emb.vec("criminal"))
+    emb._images = np.stack(vecs)
+    table = world[["race", "gender", "age"]].astype(str).reset_index(drop=True)
+    source = Source(name="fairface", spec="planted", kind="fairface", table=table, fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=0, device="cpu")
+    result = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=100))
+    return next(f for f in result.findings if f["evidence"].get("metric") == "non_human_rate"
+                and f["evidence"].get("group") == "Black")
+
+
+def test_a_disparity_under_one_wording_only_is_wording_dependent(world):
+    """The headline wording ('a photo of a {}.') shows it, no other panel wording does."""
+    f = _wording_run(world, {TEMPLATE})
+    panel = load_label_set("fairface_default")["panel_templates"]
+    assert f["evidence"]["wordings"] == len(panel) >= 12
+    assert f["evidence"]["wordings_holding"] == 1 and f["evidence"]["wordings_held"] == [TEMPLATE]
+    assert f["severity"] == "low" and f["message"].startswith("Wording-dependent")
+    black = world[world.race == "Black"]
+    assert f["evidence"]["per_wording"][TEMPLATE] == pytest.approx((black["default"] == "gorilla").mean())
+    assert max(v for w, v in f["evidence"]["per_wording"].items() if w != TEMPLATE) == 0
+
+
+def test_a_disparity_under_every_wording_is_robust(world):
+    panel = load_label_set("fairface_default")["panel_templates"]
+    f = _wording_run(world, set(panel))
+    assert f["evidence"]["wordings_holding"] == f["evidence"]["wordings"] == len(panel)
+    assert f["severity"] in ("high", "medium") and "Holds under" in f["message"]
+    black = world[world.race == "Black"]  # the oracle: the planted share, under every wording
+    assert all(v == pytest.approx((black["default"] == "gorilla").mean()) for v in f["evidence"]["per_wording"].values())
