@@ -92,15 +92,20 @@ def _load_all() -> None:
     _load_entry_points()
 
 
-def _load_entry_points() -> None:
+def _plugins(group: str, kind: str):
+    """(name, object) of each installed entry point of `group` that loads; probes and model
+    loaders both come in this way, like the built-ins' decorators."""
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=group):
         try:
-            obj = ep.load()
+            yield ep.name, ep.load()
         except Exception as e:  # a broken plugin must not take the built-ins down with it
-            log.warning("could not load probe plugin %s: %s", ep.name, e)
-            continue
+            log.warning("could not load %s plugin %s: %s", kind, ep.name, e)
+
+
+def _load_entry_points() -> None:
+    for _, obj in _plugins(ENTRY_POINT_GROUP, "probe"):
         if isinstance(obj, type) and obj not in _PROBES.values():
             register_probe(obj)
 
@@ -146,18 +151,12 @@ def _load_model_loaders() -> None:
         return
     _models_loaded = True
     import audit.loaders  # noqa: F401  (registers the built-ins)
-    from importlib.metadata import entry_points
 
-    for ep in entry_points(group=MODEL_ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as e:  # a broken plugin must not take the built-ins down with it
-            log.warning("could not load model plugin %s: %s", ep.name, e)
-            continue
-        if callable(obj) and ep.name not in _LOADERS:
+    for name, obj in _plugins(MODEL_ENTRY_POINT_GROUP, "model"):
+        if callable(obj) and name not in _LOADERS:
             from audit.loaders.plugin import plugin_loader
 
-            _LOADERS[ep.name] = plugin_loader(ep.name, obj)
+            _LOADERS[name] = plugin_loader(name, obj)
 
 
 def list_model_loaders() -> list[ModelLoader]:
