@@ -143,7 +143,3 @@ def save_local_dir(model, model_cfg: dict, out: Path, *, fp16: bool = False, mod
     tmp.replace(out / "open_clip_model.safetensors")
     return out
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

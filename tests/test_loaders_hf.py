@@ -23,6 +23,14 @@ def clip_tokenizer_files(folder):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
+def tiny_towers(**vision) -> dict:
+    """Text and vision config of a 1-layer, 32-wide model (any transformers CLIP-like family)."""
+    return {"text_config": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, max_position_embeddings=16),
+            "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, patch_size=8, **vision)}
+
+
 def images(n=4, size=40):
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (size, size + 7, 3), dtype=np.uint8)) for _ in range(n)]
@@ -34,11 +42,7 @@ def hf_clip_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("hfclip") / "model"
     torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=16),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, image_size=32, patch_size=8),
-                     projection_dim=32)
+    cfg = CLIPConfig(**tiny_towers(image_size=32), projection_dim=32)
     CLIPModel(cfg).eval().save_pretrained(out)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
     clip_tokenizer_files(out / "tok").save_pretrained(out)
@@ -109,10 +113,7 @@ def test_siglip_folder_pads_to_max_length(hf_clip_dir, tmp_path):
 
     out = tmp_path / "siglip"
     torch.manual_seed(1)
-    cfg = SiglipConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=16),
-                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, image_size=32, patch_size=8))
+    cfg = SiglipConfig(**tiny_towers(image_size=32))
     model = SiglipModel(cfg).eval()
     model.save_pretrained(out)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
@@ -166,10 +167,7 @@ def test_siglip2_naflex_folder_matches_transformers(hf_clip_dir, tmp_path):
 
     out = tmp_path / "siglip2"
     torch.manual_seed(2)
-    cfg = Siglip2Config(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=16),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, num_patches=16, patch_size=8))
+    cfg = Siglip2Config(**tiny_towers(num_patches=16))
     model = Siglip2Model(cfg).eval()
     model.save_pretrained(out)
     Siglip2ImageProcessor(patch_size=8, max_num_patches=16).save_pretrained(out)

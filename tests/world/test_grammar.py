@@ -10,7 +10,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from audit.world.generate import generate_world, load_preset
