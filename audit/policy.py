@@ -376,15 +376,16 @@ def _matching(gate: dict, results: dict) -> tuple[list[dict], str | None]:
         return [], f"probe {probe_name!r} has status {probe.get('status')!r}"
     filters = gate["filters"]
     rows = [r for r in probe.get("rows") or [] if r.get("metric") == metric
-            and _matches(r, filters) and ("template" in filters or _headline(r))]
+            and row_matches(r, filters) and ("template" in filters or headline_wording(r))]
     rows = [r for r in rows if _is_number(r.get("value"))]
     if not rows:
         return [], f"no row with a value matches {_describe(metric, filters)}"
     return rows, None
 
 
-def _headline(row: dict) -> bool:
-    """A headline row: not one wording's, but the ensemble's (or a probe without wordings)."""
+def headline_wording(row: dict) -> bool:
+    """A headline row: not one wording's, but the ensemble's (or a probe without wordings).
+    audit.table reads headlines the same way, so a table never shows what a gate would not."""
     return row.get("template") in (None, HEADLINE_TEMPLATE) if "template" in row else True
 
 
@@ -392,7 +393,8 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _matches(row: dict, filters: dict) -> bool:
+def row_matches(row: dict, filters: dict) -> bool:
+    """Every filter holds: a list means "any of", None matches an absent key."""
     for key, want in filters.items():
         options = want if isinstance(want, list) else [want]
         if row.get(key) not in options:

@@ -8,6 +8,9 @@ A probe describes itself, so that compare, gates and the report never hard-code 
     title = "FairFace label bias"
     metrics = {"non_human_rate": Metric("Non-human labels", "fraction", worse="up"), ...}
     row_keys = ("template",)               # row keys beyond metric/label_set/group_by/group
+    headline = ({"corruption": ["clean", None]},)   # optional: which rows over all images are
+                                            # headline numbers (audit.table): any filter matches;
+                                            # a list is "any of", None an absent key
     templates = Path(__file__).parent / "templates"   # optional: a folder holding
                                             # "<name>.html.j2", its report partial (datasette's
                                             # plugins report their templates path the same way)
@@ -60,6 +63,8 @@ def register_probe(cls: type) -> type:
     for name, m in getattr(cls, "metrics", {}).items():
         if not isinstance(m, Metric):
             raise TypeError(f"probe {cls.__name__}: metrics[{name!r}] must be a Metric")
+    if not all(isinstance(f, dict) for f in getattr(cls, "headline", None) or ()):
+        raise TypeError(f"probe {cls.__name__}: headline must be a sequence of row filters (dicts)")
     _PROBES[cls.name] = cls
     return cls
 
@@ -71,7 +76,15 @@ def probe_meta(cls: type) -> dict:
             "description": (cls.__doc__ or "").strip().split("\n")[0],
             "metrics": {k: m.to_json() for k, m in getattr(cls, "metrics", {}).items()},
             "row_keys": list(getattr(cls, "row_keys", ())),
+            "headline": _headline_filters(cls),
             "templates": None if templates is None else str(templates)}
+
+
+def _headline_filters(cls: type) -> list[dict] | None:
+    filters = getattr(cls, "headline", None)
+    if filters is None:
+        return None
+    return [{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in f.items()} for f in filters]
 
 
 def known_meta() -> dict:
