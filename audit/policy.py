@@ -36,7 +36,8 @@ named "<name> (vs baseline)", which is skipped when no baseline run is given. A 
 metric matches no row fails: a typo must never pass silently. `check_policy` checks probe,
 metric and filter keys against the probes' declared metrics and row keys before anything runs.
 Results: `{"name", "outcome", "passed", "value", "ci", "threshold", "detail",
-"images_to_settle"}`; outcome is "pass" | "fail" | "inconclusive" | "skipped"; `passed` is
+"images_to_settle", "unit"}` (unit: the metric's, "points" for a change of a fraction);
+outcome is "pass" | "fail" | "inconclusive" | "skipped"; `passed` is
 what the policy makes of it (null when skipped).
 """
 from __future__ import annotations
@@ -227,7 +228,7 @@ def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
                        "no matching row is in both the baseline and the candidate")
     bounds = {"max": gate.get("max_increase"), "min": _neg(gate.get("max_decrease"))}
     bounds = {k: v for k, v in bounds.items() if v is not None}
-    return _judge(gate, items, bounds, threshold, name, "points", change=True)
+    return _judge(gate, items, bounds, threshold, name, _unit(gate, results), change=True)
 
 
 def _neg(x):
@@ -278,8 +279,10 @@ def _judge(gate, items, bounds, threshold, name, unit, *, change=False) -> dict:
         else "inconclusive"
     settle = _to_settle(items, bounds) if outcome == "inconclusive" else None
     detail = _detail(agg, value, (lo, hi), bounds, unit, change, outcome, settle)
+    # The unit the value and threshold are in, for readers: a change of a fraction is points.
+    shown = "points" if change and unit in ("fraction", "points") else unit
     return {**_result(name, outcome, value, [lo, hi], threshold, detail),
-            "images_to_settle": settle}
+            "images_to_settle": settle, "unit": shown}
 
 
 def _reduce(agg: str, values: list[float]) -> float:
@@ -331,7 +334,9 @@ def images_to_settle(value: float, bound: float, *, n: int, ci=(None, None)) -> 
 
 
 def _detail(agg, value, ci, bounds, unit, change, outcome, settle) -> str:
-    fmt = (lambda x: f"{100 * x:+.1f} pts") if change else \
+    share = unit in ("fraction", "points")  # a change of a share is in percentage points
+    fmt = (lambda x: f"{100 * x:+.1f} points") if change and share else \
+        (lambda x: f"{x:+.4g}") if change else \
         (lambda x: f"{100 * x:.1f}%") if unit == "fraction" else (lambda x: f"{x:.4g}")
     what = "the one matching row" if agg == "value" else f"{agg} over matching rows"
     what = ("change, " if change else "") + what

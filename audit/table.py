@@ -53,12 +53,11 @@ def build_table(runs: list[tuple[str, dict]]) -> dict:
         for probe, p in (results.get("probes") or {}).items():
             meta = meta_of(results, probe)
             for row in headline_rows(probe, p, meta):
-                ident = dict(row_key(probe, row, meta))
-                cid = column_id(ident)
-                if cid in cells:  # a duplicate row: the first one counts, as in compare
+                column = column_of(probe, row, meta)
+                if column["id"] in cells:  # a duplicate row: the first one counts, as in compare
                     continue
-                columns.setdefault(cid, _column(cid, ident, meta))
-                cells[cid] = {k: row.get(k) for k in NUMBERS}
+                columns.setdefault(column["id"], column)
+                cells[column["id"]] = {k: row.get(k) for k in NUMBERS}
         out.append({"name": name, **_about(results), "cells": cells})
     return {"table_version": TABLE_VERSION, "columns": _by_probe(list(columns.values())),
             "runs": out}
@@ -76,11 +75,16 @@ def _slice_items(ident: dict) -> list[tuple]:
             and (k, v) not in IMPLIED and v is not None]
 
 
-def _column(cid: str, ident: dict, meta: dict) -> dict:
+def column_of(probe: str, row: dict, meta: dict) -> dict:
+    """What names a headline row: its id, the probe's and the metric's titles, unit, direction,
+    identity and "slice" (the identity beyond probe and metric, as text). The report's headline
+    tables use it too, so both say the same."""
+    ident = dict(row_key(probe, row, meta))
     declared = metric_of(meta, str(ident.get("metric")))
-    return {"id": cid, "probe": ident["probe"], "probe_title": meta.get("title") or ident["probe"],
+    return {"id": column_id(ident), "probe": probe, "probe_title": meta.get("title") or probe,
             "metric": ident.get("metric"), "title": declared["title"], "unit": declared["unit"],
-            "worse": declared["worse"], "key": ident,
+            "worse": declared["worse"], "description": declared.get("description") or "",
+            "key": ident,
             "slice": " · ".join(f"{k}={v}" for k, v in _slice_items(ident))}
 
 

@@ -233,6 +233,8 @@ def _bias_summary(extremes: list[dict]) -> dict:
         return {}
     key, mm = max(pairs.items(), key=lambda kv: kv[1]["max"]["value"] - kv[1]["min"]["value"])
     lo, hi = mm["min"], mm["max"]
-    text = (f"{key[0]} for {key[1]}={key[2]}: {lo['value']:.1%} ({lo['template']!r}) to "
+    # The rate by its title: this line is read in the report, the rows keep the metric id.
+    rate = PromptSensitivity.metrics[key[0]].title if key[0] in PromptSensitivity.metrics else key[0]
+    text = (f"{rate} for {key[1]}={key[2]}: {lo['value']:.1%} ({lo['template']!r}) to "
             f"{hi['value']:.1%} ({hi['template']!r})")
     return {"wording_largest_move": text, "wording_largest_move_points": hi["value"] - lo["value"]}

@@ -34,6 +34,7 @@ class Chart:
     rows: list[dict]
     columns: list[str] = field(default_factory=list)
     caption: str = ""
+    meta: dict | None = None  # the probe's meta: its table shows metric titles and units
 
     @property
     def figure_json(self) -> str:
@@ -159,15 +160,16 @@ def _hover(percent) -> str:
 
 
 class ChartBuilder:
-    """Per-report chart factory: hands out unique element ids in document order."""
+    """Chart factory of one page or one probe section: element ids unique under its prefix, in
+    document order. With the probe's meta, a legend of metrics names each by its title."""
 
-    def __init__(self, prefix: str = "chart"):
-        self.prefix, self.count = prefix, 0
+    def __init__(self, prefix: str = "chart", meta: dict | None = None):
+        self.prefix, self.count, self.meta = prefix, 0, meta
 
     def _new(self, title, figure, rows, caption="") -> Chart:
         self.count += 1
         return Chart(f"{self.prefix}-{self.count}", title, figure, list(rows), columns_of(rows),
-                     caption)
+                     caption, self.meta)
 
     def bar(self, rows, *, title, x="group", series=None, percent=False, x_title="",
             y_title="", reference=None, caption="") -> Chart | None:
@@ -252,13 +254,19 @@ class ChartBuilder:
         layout = _layout(title, x_title=x_title, y_title=y_title, percent=percent)
         return self._new(title, {"data": traces, "layout": layout}, rows, caption)
 
-    @staticmethod
-    def _split(rows, series):
+    def _split(self, rows, series):
         if series is None:
             return [("value", rows)]
+        return [(self._series_name(series, s), select(rows, **{series: s}))
+                for s in distinct(rows, series)]
+
+    def _series_name(self, series, value) -> str:
+        if series == "metric" and self.meta is not None:
+            from audit.compare import metric_of
+
+            return metric_of(self.meta, str(value))["title"]
         # A bare number in a legend ("10") says nothing; name it ("k=10").
-        return [(f"{series}={s}" if isinstance(s, (int, float)) else _label(s),
-                 select(rows, **{series: s})) for s in distinct(rows, series)]
+        return f"{series}={value}" if isinstance(value, (int, float)) else _label(value)
 
     @staticmethod
     def _reference_trace(reference, *, x_categories, index=0) -> dict:

@@ -76,7 +76,9 @@ def top_findings(results: dict) -> list[dict]:
     found = []
     for name, probe in (results.get("probes") or {}).items():
         for f in probe.get("findings") or []:
-            found.append({**f, "probe": name, "probe_title": probe_title(name, results)})
+            found.append({**f, "probe": name, "probe_title": probe_title(name, results),
+                          "evidence_items": evidence_items(f.get("evidence") or {},
+                                                           probe_meta(name, results))})
     return sorted(found, key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 4))
 
 
@@ -115,6 +117,71 @@ def metric_unit(meta: dict | None, metric) -> str:
     return metric_of(meta or {}, str(metric))["unit"]
 
 
+# Group values that are a tidy-row convention, not a dataset's label (docs/INTERNALS.md).
+GROUP_WORDS = {"max/min": "highest vs lowest group"}
+
+
+def group_label(group) -> str:
+    return GROUP_WORDS.get(group, group) if isinstance(group, str) else group
+
+
+def summary_items(summary: dict, meta: dict) -> list[dict]:
+    """A probe's summary for readers: a key that is a declared metric shows its title and its
+    value in its unit, with the `<key>_ci_low`/`_ci_high` beside it folded in; other keys are
+    spelled out, declared metric ids inside them replaced by their titles. Numbers of keys that
+    declare no unit are shown as they are: a unit is never guessed from a name."""
+    declared = (meta or {}).get("metrics") or {}
+    folded = {f"{k}_ci_{end}" for k in summary if k in declared for end in ("low", "high")}
+    out = []
+    for key, value in summary.items():
+        if key in folded:
+            continue
+        if key in declared:
+            unit = declared[key]["unit"]
+            text = fmt_value(value, unit)
+            if f"{key}_ci_low" in summary or f"{key}_ci_high" in summary:
+                text += f" (95% CI {fmt_ci(summary.get(f'{key}_ci_low'), summary.get(f'{key}_ci_high'), unit)})"
+            out.append({"label": declared[key]["title"], "value": text})
+        else:
+            out.append({"label": spell_key(key, declared), "value": value})
+    return out
+
+
+def evidence_items(evidence: dict, meta: dict) -> list[dict]:
+    """A finding's evidence for readers: a row-shaped one (with a declared `metric`) names the
+    metric by its title and shows value and CI in its unit; the rest as the probe wrote it."""
+    declared = (meta or {}).get("metrics") or {}
+    metric = declared.get(evidence.get("metric")) if isinstance(evidence.get("metric"), str) else None
+    out = []
+    for key, value in evidence.items():
+        if metric and key == "metric":
+            value = metric["title"]
+        elif metric and key in ("value", "ci_low", "ci_high"):
+            value = fmt_value(value, metric["unit"])
+        elif key == "group":
+            value = group_label(value)
+        out.append({"label": spell_key(key, declared), "value": value})
+    return out
+
+
+def spell_key(key: str, declared: dict) -> str:
+    """"worst_group_non_human_rate" -> "worst group Non-human labels" (longest ids first; a
+    title put in is never searched again)."""
+    parts = [str(key)]  # even places: the key's own text; odd places: titles put in
+    for metric in sorted(declared, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(metric)}(?![A-Za-z0-9])")
+        spelled = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                spelled.append(part)
+                continue
+            for j, piece in enumerate(pattern.split(part)):
+                spelled += [declared[metric]["title"], piece] if j else [piece]
+        parts = spelled
+    text = "".join(p if i % 2 else p.replace("_", " ") for i, p in enumerate(parts))
+    return " ".join(text.split())
+
+
 @functools.lru_cache(maxsize=1)
 def load_reference() -> dict:
     return json.loads((HERE / "reference.json").read_text(encoding="utf-8"))
@@ -142,17 +209,32 @@ def _sections(results: dict, include_examples: bool) -> list[dict]:
         examples = [e for e in probe.get("examples") or []
                     if THUMBNAIL_RE.match(str(e.get("thumbnail", "")))]
         meta = probe_meta(name, results)
+        anchor = "probe-" + re.sub(r"[^a-z0-9_-]", "-", name.lower())
         out.append({"name": name, "title": meta.get("title") or name, "meta": meta, "probe": probe,
                     "status": probe.get("status", "ok"), "summary": summary,
+                    "summary_items": summary_items(summary, meta),
+                    "headline": headline(name, probe, meta),
+                    # Each section's charts name metrics by the section's meta (legends, tables).
+                    "chart": charts.ChartBuilder(prefix=f"{anchor}-chart", meta=meta),
                     "rows": probe.get("rows") or [],
-                    "findings": sorted(probe.get("findings") or [],
+                    "findings": sorted(({**f, "evidence_items": evidence_items(f.get("evidence") or {}, meta)}
+                                        for f in probe.get("findings") or []),
                                        key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 4)),
                     # ProbeResult keeps why it was skipped, or its error, in "message".
                     "error": probe.get("message") or probe.get("error"),
                     "reason": probe.get("message") or probe.get("reason"),
                     "examples": examples if include_examples else [],
-                    "anchor": "probe-" + re.sub(r"[^a-z0-9_-]", "-", name.lower())})
+                    "anchor": anchor})
     return out
+
+
+def headline(name: str, probe: dict, meta: dict) -> list[dict]:
+    """The probe's headline rows (audit.table's rule, so the report and `audit table` agree),
+    each with the title, unit and slice that name it."""
+    from audit.table import column_of, headline_rows
+
+    return [{**column_of(name, r, meta), **{k: r.get(k) for k in ("value", "ci_low", "ci_high", "n")}}
+            for r in headline_rows(name, probe, meta)]
 
 
 def _plugin_dirs(sections: list[dict]) -> tuple:
@@ -168,12 +250,16 @@ def _plugin_dirs(sections: list[dict]) -> tuple:
     return tuple(out)
 
 
-def _render(template: str, context: dict, *, plugins: tuple = ()) -> str:
+def _render(template: str, context: dict, *, plugins: tuple = (), scripts: tuple = ("app.js",)) -> str:
+    """`scripts`: static files inlined in order, each allowed by its hash and nothing else;
+    a page that draws charts (app.js) gets plotly.js before them."""
     env = _env(plugins)
-    plotly_js, app_js = _plotly_js(), (HERE / "static" / "app.js").read_text(encoding="utf-8")
+    inlined = [(HERE / "static" / name).read_text(encoding="utf-8") for name in scripts]
+    if "app.js" in scripts:
+        inlined.insert(0, _plotly_js())
     css = (HERE / "static" / "report.css").read_text(encoding="utf-8")
-    context = {**context, "plotly_js": plotly_js, "app_js": app_js, "css": css,
-               "csp": _csp([plotly_js, app_js]), "chart": charts.ChartBuilder()}
+    context = {**context, "scripts": inlined, "css": css, "csp": _csp(inlined),
+               "chart": charts.ChartBuilder()}
     return env.get_template(template).render(**context)
 
 
@@ -194,8 +280,10 @@ def _env(plugins: tuple = ()):
                        partial_for=functools.partial(_partial_for, dict(plugins)),
                        td=table_cell, probe_title=probe_title, metric_title=metric_title,
                        metric_unit=metric_unit, value_cell=value_cell)
-    env.filters.update(num=fmt_number, pct=fmt_percent, severity_rank=SEVERITY_ORDER.get,
-                       value=fmt_value, delta=fmt_delta)
+    # `value` formats every metric's number; `pct` stays for plugin partials written before it.
+    env.filters.update(num=fmt_number, pct=functools.partial(fmt_value, unit="fraction"),
+                       severity_rank=SEVERITY_ORDER.get, value=fmt_value, delta=fmt_delta,
+                       ci=fmt_ci, group=group_label)
     return env
 
 
@@ -257,41 +345,47 @@ def table_cell(value):
 
 
 def fmt_value(value, unit: str | None = None) -> str:
-    """A metric's value in its declared unit: shares as percentages, point differences in
-    percentage points, ratios with an x."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+    """The one way a metric's number is shown (the `value` filter every template uses): a
+    fraction as a percentage ("12.3%"), points (a difference of fractions) signed, in percentage
+    points ("+1.2 points"), a ratio, number or count as it is. The CSV downloads keep raw values."""
+    if not _is_number(value):
         return fmt_number(value)
     if unit == "fraction":
-        return fmt_percent(value)
+        return f"{100 * value:.1f}%"
     if unit == "points":
-        return f"{100 * value:.1f} pts"
-    if unit == "ratio":
-        return f"{value:.2f}×"
+        return f"{100 * value:+.1f} points"
     return fmt_number(value)
 
 
 def fmt_delta(delta, unit: str | None = None) -> str:
-    """A change between two runs: signed, fractions and points alike in percentage points."""
-    if not isinstance(delta, (int, float)) or isinstance(delta, bool) or delta != delta:
+    """A change between two runs, signed: a change of a fraction is in points too."""
+    if not _is_number(delta):
         return fmt_number(delta)
-    sign = "+" if delta > 0 else ""
     if unit in ("fraction", "points"):
-        return f"{sign}{100 * delta:.1f} pts"
-    return sign + fmt_number(delta)
+        return fmt_value(delta, "points")
+    return ("+" if delta > 0 else "") + fmt_number(delta)
+
+
+def fmt_ci(low, high, unit: str | None = None) -> str:
+    """"0.9% to 1.9%", "-32.5 to -20.2 points"; an end the probe could not bound is a dash."""
+    if not (_is_number(low) or _is_number(high)):
+        return "–"
+    ends = [fmt_value(x, unit) if _is_number(x) else "–" for x in (low, high)]
+    if unit == "points":  # the unit once, after both ends
+        return " to ".join(e.removesuffix(" points") for e in ends) + " points"
+    return " to ".join(ends)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def value_cell(value, unit: str | None = None):
     from markupsafe import Markup
 
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return Markup('<td class="num">%s</td>') % fmt_value(value, unit)
     return table_cell(value)
-
-
-def fmt_percent(value, digits: int = 1) -> str:
-    if value is None or not isinstance(value, (int, float)) or value != value:
-        return "–"
-    return f"{100 * value:.{digits}f}%"
 
 
 def _write(out: Path, html: str) -> Path:

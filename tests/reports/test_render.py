@@ -134,8 +134,9 @@ def test_charts_show_the_rows_values_unchanged(results, tmp_path):
     rows = results["probes"]["fairface_label_bias"]["rows"]
     want = [r["value"] for r in rows if r["label_set"] == "default" and r["group_by"] == "race"
             and r["metric"] == "non_human_rate"]
+    # The legend names the metric by its declared title (issue 16, point 7).
     traces = [t for b in _json_blocks(text) for t in b["data"] if t.get("name") ==
-              "non_human_rate" and t["x"][:1] == ["East Asian"]]
+              "Non-human labels" and t["x"][:1] == ["East Asian"]]
     assert traces and traces[0]["y"] == want
     plus = traces[0]["error_y"]["array"]
     assert plus == pytest.approx([r["ci_high"] - r["value"] for r in rows
@@ -274,7 +275,7 @@ def test_print_compare(results_copy, capsys):
          group_by="race", group="White")
     print_compare(compare(base, cand), Console(width=160, color_system=None))
     out = capsys.readouterr().out
-    assert "WORSE" in out and " pts" in out and "1 regression(s)" in out
+    assert "WORSE" in out and " points" in out and "1 regression(s)" in out
     assert "race: White · label_set=default" in out
 
 
