@@ -161,12 +161,16 @@ def report_cmd(results_path, out):
     from audit.runner import write_report
     from reports.render import check_names
 
-    if results_path.is_dir():  # the run's --out folder, the common case
-        results_path = results_path / "results.json"
+    results_path = _results_file(results_path)
     data = results.read(results_path)
     check_names(data, where=str(results_path))
     path = write_report(data, _html_path(out, results_path.with_name("report.html")))
     click.echo(f"wrote {path}", err=True)
+
+
+def _results_file(path: Path) -> Path:
+    """A run's --out folder stands for the results.json in it (the common case)."""
+    return path / "results.json" if path.is_dir() else path
 
 
 def _html_path(out: Path | None, default: Path) -> Path:
@@ -220,6 +224,33 @@ def compare_cmd(base, cand, out, policy, fail_on_regression):
     if fail_on_regression and comparison["regressions"]:
         raise GateFailed(f"{comparison['regressions']} significant regression(s) "
                          f"(--fail-on-regression); see {written}")
+
+
+@cli.command("table")
+@click.argument("results_paths", metavar="RESULTS...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("table.html"),
+              show_default=True, help="table.html (a sortable page) or table.csv; a folder gets table.html.")
+def table_cmd(results_paths, out):
+    """Lay the headline numbers of many runs side by side: one row per run (a results.json or
+    a run's --out folder), one column per headline metric, each with its 95% CI."""
+    from audit import results
+    from audit.io import check_writable_dir
+    from audit.table import build_table
+    from reports.render import check_names
+    from reports.table import check_format, write_table
+
+    out = _html_path(out, Path("table.html"))
+    check_format(out)  # a wrong -o fails before any file is read
+    check_writable_dir(out.parent)
+    runs = []
+    for given in results_paths:
+        path = _results_file(given)
+        data = results.read(path)
+        check_names(data, where=str(path))
+        runs.append((str(given), data))
+    written = write_table(build_table(runs), out)
+    click.echo(f"wrote {written} ({len(runs)} run(s))", err=True)
 
 
 @cli.command("probes")

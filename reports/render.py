@@ -71,6 +71,24 @@ def render_compare(comparison: dict, out: Path) -> Path:
     return _write(out, _render("compare.html.j2", context))
 
 
+def render_table(table: dict, out: Path) -> Path:
+    """Write the HTML of an `audit.table.build_table()` result to `out`, atomically: one
+    self-contained page, sortable by its column headers (static/table.js), no plotly."""
+    return _write(out, _render("table.html.j2", {"t": table, "groups": _probe_groups(table)},
+                               scripts=("table.js",)))
+
+
+def _probe_groups(table: dict) -> list[dict]:
+    """Runs of neighbouring columns of one probe, for the header row that spans them."""
+    groups = []
+    for c in table.get("columns") or []:
+        if groups and groups[-1]["probe"] == c["probe"]:
+            groups[-1]["span"] += 1
+        else:
+            groups.append({"probe": c["probe"], "title": c["probe_title"], "span": 1})
+    return groups
+
+
 def top_findings(results: dict) -> list[dict]:
     """All findings of all probes, most severe first (stable within a severity)."""
     found = []
