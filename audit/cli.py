@@ -249,8 +249,10 @@ def table_cmd(results_paths, out):
         data = results.read(path)
         check_names(data, where=str(path))
         runs.append((str(given), data))
-    written = write_table(build_table(runs), out)
-    click.echo(f"wrote {written} ({len(runs)} run(s))", err=True)
+    table = build_table(runs)
+    written = write_table(table, out)
+    click.echo(f"wrote {written} ({len(runs)} run(s), {len(table['columns'])} headline column(s))",
+               err=True)
 
 
 @cli.command("probes")

@@ -74,8 +74,11 @@ def render_compare(comparison: dict, out: Path) -> Path:
 def render_table(table: dict, out: Path) -> Path:
     """Write the HTML of an `audit.table.build_table()` result to `out`, atomically: one
     self-contained page, sortable by its column headers (static/table.js), no plotly."""
-    return _write(out, _render("table.html.j2", {"t": table, "groups": _probe_groups(table)},
-                               scripts=("table.js",)))
+    from audit.io import atomic_write_text
+
+    # Not through _write: `audit table` says what it wrote in one line of its own.
+    return atomic_write_text(Path(out), _render("table.html.j2", {"t": table, "groups": _probe_groups(table)},
+                                                scripts=("table.js",)))
 
 
 def _probe_groups(table: dict) -> list[dict]:
