@@ -69,6 +69,11 @@ def _nothing(world, tmp):
     pass
 
 
+def _not_results(world, tmp):
+    (tmp / "notes.json").write_text("hello")
+    (tmp / "other.json").write_text('{"a": 1}')
+
+
 # (name, setup, argv after `audit`, exit code, start of stderr's first line)
 # MODEL, FF, HF, WORLD, TMP are replaced by the micro model, the FairFace folder, the
 # save_to_disk folder, the shared world and the case's own folder.
@@ -108,6 +113,29 @@ CASES = [
      2, "error: TMP/results.json: probe name '../report' is not a valid name"),
     ("report --include-examples removed", _copy_run, ["report", "TMP/run", "--include-examples"],
      2, "error: No such option '--include-examples'"),
+    # audit table (issue 16, point 6): like report, a run folder stands for its results.json
+    ("table of two run folders", _copy_run, ["table", "TMP/run", "WORLD/run", "-o", "TMP/cmp"],
+     0, "wrote TMP/cmp/table.html (2 run(s), "),
+    ("table as csv", _copy_run, ["table", "TMP/run/results.json", "-o", "TMP/t.csv"],
+     0, "wrote TMP/t.csv (1 run(s), "),
+    ("table of a missing file", _copy_run, ["table", "TMP/run", "TMP/nope.json", "-o", "TMP/t.csv"],
+     2, "error: TMP/nope.json: no such file"),
+    ("table of a folder without results", _nothing, ["table", "TMP", "-o", "TMP/t.csv"],
+     2, "error: TMP/results.json: no such file"),
+    ("table of a text file", _not_results, ["table", "TMP/notes.json", "-o", "TMP/t.csv"],
+     2, "error: TMP/notes.json: not a results.json"),
+    ("table of other json", _not_results, ["table", "TMP/other.json", "-o", "TMP/t.csv"],
+     2, "error: TMP/other.json: does not follow the results schema"),
+    ("table probe name ../report", _dotdot_probe_name, ["table", "TMP/results.json", "-o", "TMP/t.html"],
+     2, "error: TMP/results.json: probe name '../report' is not a valid name"),
+    ("table -o unknown extension", _nothing, ["table", "TMP/never-read.json", "-o", "TMP/t.xlsx"],
+     2, "error: TMP/t.xlsx: unknown table format '.xlsx'; use .html or .csv"),
+    ("table -o without extension", _nothing, ["table", "TMP/never-read.json", "-o", "TMP/t"],
+     2, "error: TMP/t: unknown table format '(no extension)'"),
+    ("table -o below a file", _file_as_out, ["table", "WORLD/run", "-o", "TMP/o/t.csv"],
+     2, "error: TMP/o/t.csv: is below the file TMP/o"),
+    ("table of nothing", _nothing, ["table", "-o", "TMP/t.csv"],
+     2, "error: Missing argument 'RESULTS...'"),
 ]
 
 
@@ -131,6 +159,8 @@ def test_fault(name, setup, argv, code, first, world, micro_dir, tmp_path, capsy
         assert len(lines) == 1, err  # nothing printed before the one line
     if name == "compare into a folder":
         assert (tmp_path / "cmp" / "compare.html").is_file()
+    if name.startswith("table") and code == 2:
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith("t.")]  # nothing written
 
 
 def test_out_checked_before_the_model_loads(world, tmp_path, capsys):
@@ -269,3 +299,28 @@ def test_read_only_out_fails_before_loading(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert main(["-q", "run", "--model", "hf-hub:never/loaded", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'o'}: cannot write to this folder (Read-only file system)\n"
+
+
+def test_table_to_a_read_only_folder_fails_before_reading(tmp_path, capsys, monkeypatch):
+    """An unwritable -o folder is found by a test write before any results.json is read."""
+    import tempfile
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    assert main(["table", str(tmp_path / "never-read.json"), "-o", str(tmp_path / "t.csv")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path}: cannot write to this folder (Read-only file system)\n"
+
+
+def test_table_on_a_full_disk_is_one_line(world, tmp_path, capsys, monkeypatch):
+    from audit import io
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(io, "atomic_write_bytes", full)
+    for ext in ("csv", "html"):
+        out = tmp_path / f"t.{ext}"
+        assert main(["table", str(world / "run"), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"error: {out}: could not write the table (No space left on device)"]
+        assert not out.exists()

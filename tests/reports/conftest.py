@@ -181,3 +181,22 @@ def results():
 def results_copy():
     """A factory: independent deep copies, so a test may mutate freely."""
     return lambda seed=0: copy.deepcopy(make_results(seed))
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One real `audit run` of the demo model on the tiny world, all five probes, with small
+    bootstrap and corruption settings (about a minute on two CPU cores): its run folder."""
+    from audit import models
+    from audit.cli import main
+
+    if not (models.demo_dir() / "open_clip_config.json").is_file():
+        pytest.skip("the demo model is not installed")
+    root = tmp_path_factory.mktemp("demo-run")
+    code = main(["-q", "run", "--model", "demo", "--world", "tiny", "--out", str(root / "run"),
+                 "--cache-dir", str(root / "cache"),
+                 *[a for s in ("fairface_label_bias.n_boot=50", "celebrity_identification.n_boot=50",
+                               "distribution_shift.subsample=20", "distribution_shift.n_boot=50")
+                   for a in ("--set", s)]])
+    assert code == 0
+    return root / "run"

@@ -224,3 +224,41 @@ def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_table_page_sorts_by_a_clicked_header(tmp_path, results_factory):
+    """`audit table`'s page opens clean offline, and a click on a header sorts the runs by that
+    column (again: the other way)."""
+    from audit.table import build_table
+    from reports.render import render_table
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    table = build_table([(f"run-{seed}", results_factory(seed)) for seed in range(3)])
+    out = render_table(table, tmp_path / "table.html")
+    cid = "fairface_label_bias.non_human_rate[label_set=default]"
+    col = 4 + [c["id"] for c in table["columns"]].index(cid)
+    by_value = [r["name"] for r in sorted(table["runs"], key=lambda r: r["cells"][cid]["value"])]
+    assert by_value != [r["name"] for r in table["runs"]]  # sorting has something to do
+    click = f"document.querySelector('#runs-table th[data-col=\"{col}\"] button').click()"
+    order = "Array.from(document.querySelectorAll('#runs-table tbody tr')).map(r => r.cells[0].textContent)"
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    browser = Browser(binary, profile)
+    try:
+        session = _open(browser, out.as_uri())
+        assert _problems(browser.events) == []
+        urls = [e["params"]["request"]["url"] for e in browser.events
+                if e.get("method") == "Network.requestWillBeSent"]
+        assert urls == [out.as_uri()]
+        _eval(browser, session, click)
+        assert _eval(browser, session, order) == by_value
+        _eval(browser, session, click)
+        assert _eval(browser, session, order) == by_value[::-1]
+        header = f"document.querySelector('#runs-table th[data-col=\"{col}\"]')"
+        assert _eval(browser, session, header + ".getAttribute('aria-sort')") == "descending"
+        assert "Non-human labels" in _eval(browser, session, header + ".innerText")
+        assert _problems(browser.events) == []
+    finally:
+        browser.close()
+        shutil.rmtree(profile, ignore_errors=True)
