@@ -160,8 +160,9 @@ def summary_items(summary: dict, meta: dict) -> list[dict]:
         if key in declared:
             unit = declared[key]["unit"]
             text = fmt_value(value, unit)
-            if f"{key}_ci_low" in summary or f"{key}_ci_high" in summary:
-                text += f" (95% CI {fmt_ci(summary.get(f'{key}_ci_low'), summary.get(f'{key}_ci_high'), unit)})"
+            low, high = summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high")
+            if low is not None or high is not None:
+                text += f" (95% CI {fmt_ci(low, high, unit)})"
             out.append({"label": declared[key]["title"], "value": text})
         else:
             out.append({"label": spell_key(key, declared), "value": value})
