@@ -104,7 +104,8 @@ def _print_summary(results: dict, out: Path) -> None:
         from audit.policy import print_gates
 
         print_gates(results["gates"], console)
-    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}")
+    extra = f" (and the per-image {results['outcomes']['file']})" if results.get("outcomes") else ""
+    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}{extra}")
 
 
 @cli.command("train")
@@ -191,12 +192,14 @@ def _html_path(out: Path | None, default: Path) -> Path:
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("compare.html"), show_default=True,
               help="The HTML; compare.json (the same comparison, for CI) goes beside it.")
 @click.option("--policy", type=click.Path(path_type=Path), help="Gates evaluated on CAND with BASE as baseline.")
-@click.option("--fail-on-regression", is_flag=True, help="Exit 1 when any row regressed beyond its CI.")
+@click.option("--fail-on-regression", is_flag=True,
+              help="Exit 1 when any row regressed significantly (CIs apart, or the paired test).")
 def compare_cmd(base, cand, out, policy, fail_on_regression):
     """Compare a candidate's results.json with a baseline's: regressions first."""
     from rich.console import Console
 
     from audit import compare as core
+    from audit import outcomes
     from audit import policy as gates
     from audit import results
     from audit.io import atomic_write_json
@@ -210,10 +213,13 @@ def compare_cmd(base, cand, out, policy, fail_on_regression):
     rules = gates.load_policy(policy) if policy else None
     if rules:  # against what the candidate's probes declare, before any output is written
         gates.check_policy(rules, {n: core.meta_of(cand_r, n) for n in cand_r.get("probes") or {}})
-    comparison = core.compare(base_r, cand_r)
+    # Two runs on the same images are compared image by image where both kept their outcomes.
+    comparison = core.compare(base_r, cand_r, base_outcomes=outcomes.load(base, base_r),
+                              cand_outcomes=outcomes.load(cand, cand_r))
     console = Console()
     if rules:
-        comparison["gates"] = gates.evaluate(rules, cand_r, baseline=base_r)
+        comparison["gates"] = gates.evaluate(rules, cand_r, baseline=base_r,
+                                             paired=core.paired_cis(comparison))
     print_compare(comparison, console)
     if comparison.get("gates"):
         gates.print_gates(comparison["gates"], console)

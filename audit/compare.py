@@ -5,7 +5,11 @@ first. `reports/` only formats what this returns; `audit compare` writes it as c
 A row's identity is its probe, metric, label_set, group_by, group and the probe's declared
 `row_keys` (probes.<name>.meta); value, CI and n are the compared numbers. Whether up or down is
 worse is the metric's declared `worse` — a metric that declares none is never a regression.
-A row is a significant regression when it moved its worse way and the two CIs do not overlap.
+A row is a significant regression when it moved its worse way and the two CIs do not overlap
+(`test: "ci_overlap"`, two independent samples) or, where both runs recorded per-image outcomes
+of the same images (outcomes.parquet), when McNemar's exact test says so after Holm's
+correction (`test: "mcnemar_exact"`, audit/paired.py; the `paired` section says which rows
+could be paired and why the others could not).
 """
 from __future__ import annotations
 
@@ -36,16 +40,21 @@ def metric_of(meta: dict, metric: str) -> dict:
                                                          "worse": None, "description": ""}
 
 
-def compare(base: dict, cand: dict) -> dict:
-    """Side-by-side rows of two results.json dicts; see the module docstring."""
+def compare(base: dict, cand: dict, *, base_outcomes=None, cand_outcomes=None) -> dict:
+    """Side-by-side rows of two results.json dicts; see the module docstring. The outcomes are
+    each run's `audit.outcomes.load()`; without them every row is compared unpaired."""
+    from audit import paired
+
     metas = {p: meta_of(cand if p in (cand.get("probes") or {}) else base, p)
              for p in {**(base.get("probes") or {}), **(cand.get("probes") or {})}}
     base_rows, cand_rows = _index(base, metas), _index(cand, metas)
     shared = [k for k in cand_rows if k in base_rows]
-    rows = sorted((_pair(k, base_rows[k], cand_rows[k], metas) for k in shared), key=_rank)
+    rows = [_pair(k, base_rows[k], cand_rows[k], metas) for k in shared]
     shared_probes = sorted({dict(k)["probe"] for k in shared})
+    by_image = paired.apply(rows, base, cand, base_outcomes, cand_outcomes, shared_probes)
+    rows.sort(key=_rank)
     return {"compare_version": COMPARE_VERSION, "base": _about(base), "cand": _about(cand),
-            "rows": rows, "shared_probes": shared_probes,
+            "rows": rows, "shared_probes": shared_probes, "paired": by_image,
             "note": None if shared_probes else "the two runs share no probe rows: nothing "
                                                "was compared, so no regression can be stated",
             "regressions": sum(r["significant"] and r["direction"] == "worse" for r in rows),
@@ -97,7 +106,18 @@ def _pair(key: tuple, b: dict, c: dict, metas: dict) -> dict:
             "base_n": b.get("n"), "cand_n": c.get("n"),
             "test": "ci_overlap", "beyond_ci": disjoint,
             "significant": disjoint and direction in ("worse", "better"),
-            "direction": direction}
+            "direction": direction, "paired": None}
+
+
+def paired_cis(comparison: dict) -> dict:
+    """{row key: (low, high)} of each row's paired change, for the baseline gates."""
+    out = {}
+    for r in comparison.get("rows") or []:
+        ci = (r.get("paired") or {}).get("delta_ci")
+        if ci and None not in ci:
+            key = dict(r["key"])
+            out[(("probe", key.pop("probe")),) + tuple(sorted(key.items()))] = tuple(ci)
+    return out
 
 
 def _is_number(v) -> bool:

@@ -29,16 +29,19 @@ when the interval's upper end is under it, fails when its lower end is over it, 
 need, at its observed value, for its interval to clear the bound (the half-width shrinks as
 1/sqrt(n)). A row with no interval (too few images) is inconclusive unless the other rows
 already fail the gate. A relative gate pairs each candidate row with the baseline's same row
-and bounds the change; its interval combines the two runs' (independent samples).
+and bounds the change. Where both runs recorded per-image outcomes of the same images, the
+change's interval is the paired bootstrap's (audit/paired.py: the same images resampled in
+both runs, far narrower); otherwise it combines the two runs' intervals as independent samples.
+The result's `paired` says which (true only when every matching row was paired).
 
 A gate with absolute bounds gives one result; a gate with relative bounds gives one more,
 named "<name> (vs baseline)", which is skipped when no baseline run is given. A gate whose
 metric matches no row fails: a typo must never pass silently. `check_policy` checks probe,
 metric and filter keys against the probes' declared metrics and row keys before anything runs.
 Results: `{"name", "outcome", "passed", "value", "ci", "threshold", "detail",
-"images_to_settle", "unit"}` (unit: the metric's, "points" for a change of a fraction);
-outcome is "pass" | "fail" | "inconclusive" | "skipped"; `passed` is
-what the policy makes of it (null when skipped).
+"images_to_settle", "unit"}` (unit: the metric's, "points" for a change of a fraction; and
+`paired` for a relative gate); outcome is "pass" | "fail" | "inconclusive" | "skipped";
+`passed` is what the policy makes of it (null when skipped).
 """
 from __future__ import annotations
 
@@ -175,15 +178,17 @@ def prepare(policy_path, baseline_path=None):
     return policy, baseline
 
 
-def evaluate(policy: dict, results: dict, *, baseline: dict | None = None) -> list[dict]:
-    """One result dict per absolute gate and per relative gate, in policy order."""
+def evaluate(policy: dict, results: dict, *, baseline: dict | None = None,
+             paired: dict | None = None) -> list[dict]:
+    """One result dict per absolute gate and per relative gate, in policy order. `paired`:
+    {row key: CI of the paired change} (audit.compare.paired_cis), used by relative gates."""
     out = []
     lenient = policy.get("inconclusive", "fail") == "pass"
     for gate in policy.get("gates", []):
         if any(k in gate for k in ABSOLUTE):
             out.append(_decide(_absolute(gate, results), lenient))
         if any(k in gate for k in RELATIVE):
-            out.append(_decide(_relative(gate, results, baseline), lenient))
+            out.append(_decide(_relative(gate, results, baseline, paired or {}), lenient))
     return out
 
 
@@ -211,7 +216,7 @@ def _absolute(gate: dict, results: dict) -> dict:
     return _judge(gate, items, bounds, threshold, gate["name"], _unit(gate, results))
 
 
-def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
+def _relative(gate: dict, results: dict, baseline: dict | None, paired: dict) -> dict:
     name = f"{gate['name']} (vs baseline)"
     threshold = _threshold(gate, RELATIVE)
     if baseline is None:
@@ -222,40 +227,49 @@ def _relative(gate: dict, results: dict, baseline: dict | None) -> dict:
     base_rows, base_problem = _matching(gate, baseline)
     if problem or base_problem:
         return _result(name, "fail", None, None, threshold, problem or f"baseline: {base_problem}")
-    items = _deltas(gate, rows, base_rows, results)
+    items, n_paired = _deltas(gate, rows, base_rows, results, paired)
     if not items:
         return _result(name, "fail", None, None, threshold,
                        "no matching row is in both the baseline and the candidate")
     bounds = {"max": gate.get("max_increase"), "min": _neg(gate.get("max_decrease"))}
     bounds = {k: v for k, v in bounds.items() if v is not None}
-    return _judge(gate, items, bounds, threshold, name, _unit(gate, results), change=True)
+    out = _judge(gate, items, bounds, threshold, name, _unit(gate, results), change=True)
+    how = ("paired on the same images" if n_paired == len(items) else
+           f"{n_paired} of {len(items)} rows paired on the same images, the rest independent"
+           if n_paired else "independent samples")
+    return {**out, "paired": n_paired == len(items), "detail": f"{out['detail']} ({how})"}
 
 
 def _neg(x):
     return None if x is None else -x
 
 
-def _deltas(gate: dict, rows: list[dict], base_rows: list[dict], results: dict) -> list:
-    """(change, its CI, n) per row present in both runs; the CI of a difference of two
-    independent estimates has the half-widths added in quadrature."""
+def _deltas(gate: dict, rows: list[dict], base_rows: list[dict], results: dict,
+            paired: dict) -> tuple[list, int]:
+    """(change, its CI, n) per row present in both runs, and how many CIs are paired ones.
+    Unpaired, the CI of a difference of two independent estimates has the half-widths added
+    in quadrature."""
     from audit.compare import meta_of, row_key
 
     probe = gate["metric"].split(".")[0]
     meta = meta_of(results, probe)
     base = {row_key(probe, r, meta): r for r in base_rows}
-    out = []
+    out, n_paired = [], 0
     for r in rows:
-        b = base.get(row_key(probe, r, meta))
+        key = row_key(probe, r, meta)
+        b = base.get(key)
         if b is None:
             continue
         change = r["value"] - b["value"]
         (clo, chi), (blo, bhi) = _ci(r), _ci(b)
         ci = (None, None)
-        if None not in (clo, chi, blo, bhi):
+        if key in paired:
+            ci, n_paired = paired[key], n_paired + 1
+        elif None not in (clo, chi, blo, bhi):
             half = math.hypot((chi - clo) / 2, (bhi - blo) / 2)
             ci = (change - half, change + half)
         out.append((change, ci, r.get("n"), r.get("metric")))
-    return out
+    return out, n_paired
 
 
 def _judge(gate, items, bounds, threshold, name, unit, *, change=False) -> dict:

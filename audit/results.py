@@ -25,6 +25,9 @@ class ProbeResult:
     # Images worth showing ({"source", "row", "caption"}): never written to results.json; the
     # runner turns them into thumbnails only under --include-examples (faces stay out by default).
     examples: list = field(default_factory=list)
+    # Per-image outcomes for a paired `audit compare` (ImageOutcomes): never in results.json;
+    # the runner writes them to outcomes.parquet, keyed by image content hash.
+    image_outcomes: "ImageOutcomes | None" = None
 
     @classmethod
     def skipped(cls, why: str, config=None) -> "ProbeResult":
@@ -35,11 +38,31 @@ class ProbeResult:
         return cls(status="error", message=why, config=config_dict(config))
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        del d["examples"]
+        # Not asdict: it would deep-copy the per-image arrays only to drop them.
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("examples", "image_outcomes")}
+        d["config"] = config_dict(d["config"])
         if d["message"] is None:
             del d["message"]
         return jsonable(d)
+
+
+@dataclass
+class ImageOutcomes:
+    """What a probe found for each image, so that two runs on the same images can be compared
+    image by image (McNemar's test) rather than as two independent samples.
+
+    `columns[name]` holds one bool per image of the source named `source` (its role, e.g.
+    "fairface"), in the source's row order: True where the image counts towards the rows that
+    `keys[name]` identifies (their metric, label_set and any declared row key, without
+    group_by/group). Those rows' values must be the column's mean: over all images for group_by
+    "overall", over one group's images otherwise. A row's groups are the source table's column
+    of its group_by name, or `groups[group_by]` (one label per image, made by the probe: an age
+    band, say)."""
+    source: str
+    columns: dict
+    keys: dict
+    groups: dict = field(default_factory=dict)
 
 
 def config_dict(cfg) -> dict:

@@ -74,7 +74,7 @@ class ProbeContext:
 
 def run(opts: RunOptions) -> dict:
     """The whole audit; returns the results dict after writing results.json and report.html."""
-    from audit import distributed, embed, models
+    from audit import distributed, embed, models, outcomes
     from audit.settings import probe_configs
 
     started, clock = _now(), {}
@@ -96,7 +96,7 @@ def run(opts: RunOptions) -> dict:
                               workers=opts.workers, progress=progress)
     ctx = ProbeContext(embedder=embedder, sources=sources, seed=opts.seed, device=bundle.device)
     with _phase(clock, "probes"):
-        probe_results, user_errors, examples = run_probes(ctx, configs)
+        probe_results, user_errors, ran = run_probes(ctx, configs)
     clock.update(embed=embedder.seconds, probes=clock["probes"] - embedder.seconds)
     results = build_results(opts, bundle, sources, probe_results, started, embedder.stats)
     results["run"]["timings"] = {k: round(v, 3) for k, v in clock.items()}  # seconds per phase
@@ -104,8 +104,11 @@ def run(opts: RunOptions) -> dict:
         results["run"]["processes"] = distributed.world_size()
     try:
         with _phase(clock, "report"):
+            examples = {name: r.examples for name, r in ran.items()}
             shown = thumbnails(examples, sources) if opts.include_examples else {}
-            return finish(results, opts, user_errors, examples=shown, gating=gating)
+            per_image = outcomes.collect(ran, probe_results, sources)
+            return finish(results, opts, user_errors, examples=shown, gating=gating,
+                          per_image=per_image)
     finally:
         log.info("seconds per phase: %s", ", ".join(f"{k} {v:.1f}" for k, v in clock.items()))
         distributed.teardown()
@@ -121,10 +124,12 @@ def _phase(clock: dict, name: str):
 
 
 def run_probes(ctx: ProbeContext, configs: dict):
+    """({name: results.json entry}, user errors, {name: ProbeResult} of the probes that ran:
+    their examples and per-image outcomes, which results.json never holds)."""
     from audit.registry import get_probe, probe_meta
     from audit.results import ProbeResult
 
-    out, user_errors, examples = {}, [], {}
+    out, user_errors, ran = {}, [], {}
     for name, cfg in configs.items():
         cls = get_probe(name)
         missing = [r for r in cls.requires if not ctx.has(r)]
@@ -133,11 +138,11 @@ def run_probes(ctx: ProbeContext, configs: dict):
         else:
             log.info("running probe %s", name)
             result = _run_one(cls, ctx, cfg, user_errors)
-            examples[name] = result.examples
+            ran[name] = result
         # The probe's self-description travels with its numbers: compare, gates and the report
         # read titles, units and directions from here, never from a table of built-ins.
         out[name] = {**result.to_json(), "meta": probe_meta(cls)}
-    return out, user_errors, examples
+    return out, user_errors, ran
 
 
 def thumbnails(examples: dict, sources: dict, *, per_probe: int = 24) -> dict:
@@ -168,8 +173,9 @@ def _run_one(cls, ctx, cfg, user_errors):
 
 
 def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples: dict | None = None,
-           gating: tuple | None = None) -> dict:
-    """Gates, results.json, report.html — in that order, so a report always shows its gates."""
+           gating: tuple | None = None, per_image=None) -> dict:
+    """Gates, results.json, report.html (and outcomes.parquet) — in that order, so a report
+    always shows its gates. `per_image`: audit.outcomes.collect()'s, or None."""
     from audit import distributed
     from audit import results as res
 
@@ -177,15 +183,25 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
         return results
     from audit import policy as gates
 
+    if per_image is not None:
+        results["outcomes"] = per_image.record
     policy, baseline = gating or gates.prepare(opts.policy, opts.baseline)
     if policy:
-        results["gates"] = gates.evaluate(policy, results, baseline=baseline)
+        paired = _paired_cis(opts.baseline, baseline, results, per_image) if baseline else None
+        results["gates"] = gates.evaluate(policy, results, baseline=baseline, paired=paired)
     res.validate(res.jsonable(results), source="results (internal)")
     shown = {**results, "probes": {name: {**p, "examples": (examples or {}).get(name, [])}
                                    for name, p in results["probes"].items()}}
-    write_together(opts.out, {  # both or neither: never a new results.json beside an old report
+    files = {  # all or none: never a new results.json beside an old report or old outcomes
         "results.json": lambda path: res.write(results, path),
-        "report.html": lambda path: write_report(shown, path, include_examples=opts.include_examples)})
+        "report.html": lambda path: write_report(shown, path, include_examples=opts.include_examples)}
+    if per_image is not None:
+        files[per_image.record["file"]] = lambda path: Path(path).write_bytes(per_image.data)
+    write_together(opts.out, files)
+    if per_image is None:  # an older run's file would only mislead (results.json no longer names it)
+        from audit.outcomes import FILE
+
+        (Path(opts.out) / FILE).unlink(missing_ok=True)
     if user_errors:
         raise UserError(user_errors[0] + (f" (+{len(user_errors) - 1} more)" if len(user_errors) > 1 else ""))
     broken = [name for name, p in results["probes"].items() if p["status"] == "error"]
@@ -194,6 +210,15 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
                           f"(see {Path(opts.out) / 'results.json'})")
     gates.raise_if_failed(results["gates"])
     return results
+
+
+def _paired_cis(baseline_path, baseline: dict, results: dict, per_image) -> dict:
+    """CIs of the paired changes against --baseline, for its relative gates."""
+    from audit import compare, outcomes
+
+    both = compare.compare(baseline, results, base_outcomes=outcomes.load(baseline_path, baseline),
+                           cand_outcomes=outcomes.from_built(per_image))
+    return compare.paired_cis(both)
 
 
 def write_report(results: dict, out: Path, *, include_examples: bool = False) -> Path:

@@ -85,7 +85,8 @@ class FairFaceLabelBias:
         wordings = _wording_hits(ctx, img, label_sets[base], cfg)
         findings = _group_findings(rows, cfg, base=base, wordings=wordings, table=table)
         findings += _child_findings(rows, cfg)
-        return ProbeResult(status="ok", summary=summary, rows=rows, findings=findings,
+        per_image = _image_outcomes(outcomes, rows, wordings, table)
+        return ProbeResult(status="ok", summary=summary, rows=rows, findings=findings, image_outcomes=per_image,
                            config=config_dict(cfg), examples=_examples(next(iter(outcomes.values())), table))
 
 
@@ -134,6 +135,30 @@ def _examples(outcome, table, *, per_group: int = 3) -> list[dict]:
                         "caption": f"{race} {table['gender'].iloc[i]}, {table['age'].iloc[i]}: "
                                    f"labelled '{labels[outcome.predicted[i]]}'"})
     return out
+
+
+def _image_outcomes(outcomes, rows, wordings, table):
+    """Each face's harm indicators, for a paired `audit compare` of two runs on these faces:
+    every label set's headline (named as its overall row is: metric, label_set and, once it
+    has one, template) and each panel wording of the first set alone."""
+    from audit.results import ImageOutcomes
+
+    columns, keys = {}, {}
+    for short, out in outcomes.items():
+        for metric in RATES:
+            head = next((r for r in rows if r["metric"] == metric and r["label_set"] == short
+                         and r["group_by"] == "overall" and r.get("template") in (None, "ensemble")), None)
+            if head is None:  # no headline row to pair with: nothing to give (never fail the probe)
+                continue
+            columns[f"{metric}/{short}"] = out.indicators[metric]
+            keys[f"{metric}/{short}"] = {k: head[k] for k in ("metric", "label_set", "template") if k in head}
+    base = next(iter(outcomes))
+    for j, wording in enumerate(wordings.get("templates", [])):
+        for metric in RATES:
+            columns[f"{metric}/{base}/w{j}"] = wordings[metric][:, j]
+            keys[f"{metric}/{base}/w{j}"] = {"metric": metric, "label_set": base, "template": wording}
+    band = np.where(_under_20(table), "under 20", "20 and over")
+    return ImageOutcomes("fairface", columns, keys, groups={"age_band": band})
 
 
 # --- rows -------------------------------------------------------------------------------

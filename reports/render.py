@@ -66,7 +66,8 @@ def render_compare(comparison: dict, out: Path) -> Path:
     """Write the HTML of an `audit.compare.compare()` result to `out`, atomically."""
     rows = comparison.get("rows", [])
     # The CSV keeps the raw ids (metric, every key of the row), the page shows titles.
-    flat = [{**r.get("key", {}), **{k: v for k, v in r.items() if k != "key"}} for r in rows]
+    flat = [{**r.get("key", {}), **{k: v for k, v in r.items() if k not in ("key", "paired")},
+             **{f"paired_{k}": v for k, v in (r.get("paired") or {}).items()}} for r in rows]
     context = {"c": comparison, "rows": rows, "csv": charts.csv_uri(flat)}
     return _write(out, _render("compare.html.j2", context))
 
@@ -302,10 +303,12 @@ def _env(plugins: tuple = ()):
                        partial_for=functools.partial(_partial_for, dict(plugins)),
                        td=table_cell, probe_title=probe_title, metric_title=metric_title,
                        metric_unit=metric_unit, value_cell=value_cell)
+    from reports.compare import evidence, fmt_p
+
     # `value` formats every metric's number; `pct` stays for plugin partials written before it.
     env.filters.update(num=fmt_number, pct=functools.partial(fmt_value, unit="fraction"),
                        severity_rank=SEVERITY_ORDER.get, value=fmt_value, delta=fmt_delta,
-                       ci=fmt_ci, group=group_label)
+                       ci=fmt_ci, group=group_label, evidence=evidence, p=fmt_p)
     return env
 
 
