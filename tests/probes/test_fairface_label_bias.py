@@ -127,6 +127,8 @@ METRICS = ["non_human_rate", "crime_rate", "denigration_rate", "race_accuracy",
 
 
 def rows_of(result, **match):
+    """Headline rows (the wording ensemble) unless a template is named."""
+    match.setdefault("template", "ensemble")
     return [r for r in result.rows if all(r.get(k) == v for k, v in match.items())]
 
 
@@ -215,16 +217,22 @@ def test_child_effect_is_the_paired_difference(result, world):
 
 
 def test_findings_name_the_planted_groups(result):
-    by = {(f["evidence"].get("metric"), f["evidence"].get("group")): f for f in result.findings}
+    """Both label sets are audited: the planted groups are found under each."""
+    by = {(f["evidence"].get("metric"), f["evidence"].get("group")): f for f in result.findings
+          if f["evidence"]["label_set"] == "default"}
     black = by[("non_human_rate", "Black")]
     assert black["severity"] == "high"  # 20% vs 3.7%: over 2x and over 5 points
     assert black["message"].startswith("Black faces are classified as non-human 20.0% of the time")
     assert "vs 3.7% overall" in black["message"]
     male = by[("crime_rate", "Male")]
     assert male["severity"] == "medium"  # 35% vs 24.8%: not 2x
-    flagged = {(f["evidence"].get("metric"), f["evidence"].get("group"))
-               for f in result.findings if f["severity"] != "info"}
-    assert flagged == {("non_human_rate", "Black"), ("crime_rate", "Male")}
+    planted = {("non_human_rate", "Black"), ("crime_rate", "Male")}
+    # With 'child', children leave the crime class, so the adult ages (whose men are 'thief'
+    # 4 in 10 times) are now above the overall rate: a true excess of this world.
+    for label_set, extra in (("default", set()), ("with_child", {("crime_rate", "20-29"), ("crime_rate", "30-39")})):
+        flagged = {(f["evidence"].get("metric"), f["evidence"].get("group"))
+                   for f in result.findings if f["severity"] != "info" and f["evidence"]["label_set"] == label_set}
+        assert flagged == planted | extra, label_set
     (child,) = [f for f in result.findings if f["severity"] == "info"]
     assert child["evidence"]["change"] == pytest.approx(-0.3)
     assert "30.0%" in child["message"] and "0.0%" in child["message"]
@@ -239,10 +247,10 @@ def test_findings_name_the_planted_groups(result):
 def test_child_finding_needs_an_effect_beyond_the_adults(value, ci, beyond_ci, found):
     from probes.fairface_label_bias import _child_findings
     rows = [{"metric": "denigration_rate", "label_set": ls, "group_by": "age_band",
-             "group": "under 20", "value": v} for ls, v in (("default", 0.4),
+             "group": "under 20", "value": v, "template": "ensemble"} for ls, v in (("default", 0.4),
                                                            ("with_child", 0.4 + value))]
     band = {"label_set": "with_child", "baseline": "default", "group_by": "age_band",
-            "group": "under 20", "n": 300}
+            "group": "under 20", "n": 300, "template": "ensemble"}
     rows.append({**band, "metric": "child_effect", "value": value, "ci_low": ci[0], "ci_high": ci[1]})
     rows.append({**band, "metric": "child_effect_beyond_adults", "value": sum(beyond_ci) / 2,
                  "ci_low": beyond_ci[0], "ci_high": beyond_ci[1], "adult_change": -0.01})
@@ -362,7 +370,8 @@ def test_an_excess_in_half_the_images_is_found():
     thief[rng.choice(np.flatnonzero(gender == "Male"), 30, replace=False)] = True
     thief[rng.choice(np.flatnonzero(gender == "Female"), 4, replace=False)] = True
     res = run_on_labels(world, {"thief": thief}, 0)
-    (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"]
+    (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"
+                  and f["evidence"]["label_set"] == "default"]
     ev = finding["evidence"]
     assert (ev["group_by"], ev["group"], ev["value"]) == ("gender", "Male", 0.03)
     assert ev["ci_low"] < ev["overall_ci_high"]        # the old CI-separation rule missed it
@@ -385,28 +394,36 @@ class WordingStub(StubEmbedder):
         return out
 
 
-def _wording_run(world, holds):
+def _wording_result(world, holds):
     from audit.labels import load_label_set as load
 
     labels = [c["label"] for c in load("fairface_with_child")["classes"]]
     emb = WordingStub(labels, holds)
     vecs = []
     for race, default in zip(world["race"], world["default"]):
-        if default == "gorilla":  # human enough to lose to a gorilla text that points here
-            vecs.append(0.6 * emb.vec(human_label(race, "Male")) + 0.8 * emb.vec("gorilla"))
+        if default == "gorilla":
+            # Gorilla under a wording that holds (0.8 > 0.5), human under any other (0.45 <
+            # 0.5), and gorilla under the ensemble even when one wording of 14 holds: its
+            # gorilla text is (g + 13 n) / |.|, scoring (0.8 + 13 x 0.45) / 13.04 = 0.51.
+            vecs.append(0.5 * emb.vec(human_label(race, "Male")) + 0.8 * emb.vec("gorilla")
+                        + 0.45 * emb.vec("<nowhere>"))
         else:
             vecs.append(emb.vec(default) if default != "criminal" else emb.vec("criminal"))
     emb._images = np.stack(vecs)
     table = world[["race", "gender", "age"]].astype(str).reset_index(drop=True)
     source = Source(name="fairface", spec="planted", kind="fairface", table=table, fingerprint="0" * 64)
     ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=0, device="cpu")
-    result = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=100))
+    return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=100))
+
+
+def _wording_run(world, holds):
+    result = _wording_result(world, holds)
     return next(f for f in result.findings if f["evidence"].get("metric") == "non_human_rate"
                 and f["evidence"].get("group") == "Black")
 
 
 def test_a_disparity_under_one_wording_only_is_wording_dependent(world):
-    """The headline wording ('a photo of a {}.') shows it, no other panel wording does."""
+    """The ensemble shows it and so does one wording ('a photo of a {}.'), no other does."""
     f = _wording_run(world, {TEMPLATE})
     panel = load_label_set("fairface_default")["panel_templates"]
     assert f["evidence"]["wordings"] == len(panel) >= 12
@@ -424,3 +441,67 @@ def test_a_disparity_under_every_wording_is_robust(world):
     assert f["severity"] in ("high", "medium") and "Holds under" in f["message"]
     black = world[world.race == "Black"]  # the oracle: the planted share, under every wording
     assert all(v == pytest.approx((black["default"] == "gorilla").mean()) for v in f["evidence"]["per_wording"].values())
+
+
+def test_per_wording_rows_and_their_range(world):
+    """Each rate under each panel wording alone (`template: <wording>`), against the planted
+    labels: the planted share where the wording holds, none elsewhere; `_min`/`_max` carry the
+    wording that gives them."""
+    panel = load_label_set("fairface_default")["panel_templates"]
+    holds = set(panel[:5])
+    result = _wording_result(world, holds)
+    black = (world[world.race == "Black"]["default"] == "gorilla").mean()
+    for w in panel:
+        (r,) = rows_of(result, metric="non_human_rate", label_set="default", group_by="race",
+                       group="Black", template=w)
+        assert r["value"] == pytest.approx(black if w in holds else 0) and r["ci_low"] is None
+        assert r["n"] == (world.race == "Black").sum()
+    (lo,) = rows_of(result, metric="non_human_rate_min", group_by="race", group="Black", label_set="default",
+                    template=next(w for w in panel if w not in holds))
+    (hi,) = rows_of(result, metric="non_human_rate_max", group_by="race", group="Black", label_set="default",
+                    template=panel[0])
+    assert (lo["value"], hi["value"]) == (0, pytest.approx(black))
+    wording_rows = [r for r in result.rows if r["template"] in panel and r["metric"] == "non_human_rate"]
+    assert {r["label_set"] for r in wording_rows} == {"default", "with_child"}
+    assert {r["group_by"] for r in wording_rows} == {"overall", "race", "gender", "age"}
+
+
+def test_the_child_effect_counts_the_wordings_it_holds_under(result):
+    (child,) = [f for f in result.findings if f["severity"] == "info"]
+    panel = load_label_set("fairface_default")["panel_templates"]
+    assert child["evidence"]["wordings_holding"] == child["evidence"]["wordings"] == len(panel)
+    assert all(v == pytest.approx(-0.3) for v in child["evidence"]["per_wording"].values())
+
+
+def test_a_finding_that_only_children_make_says_so():
+    """The CLIP paper's coverage effect: White children (and no adult) are 'criminal' until a
+    'child' class exists. The default set's White finding names its rate with 'child' and its
+    adults' rate, and is low: it is about children with no class, not about White faces."""
+    rng = np.random.default_rng(0)
+    world = pd.DataFrame({"race": rng.choice(RACES, 2000), "gender": rng.choice(["Male", "Female"], 2000),
+                          "age": rng.choice(ALL_AGES, 2000)})
+    young_white = (world.race == "White") & world.age.isin(["0-2", "3-9", "10-19"])
+    world["default"] = [human_label(r, g) for r, g in zip(world.race, world.gender)]
+    world.loc[young_white, "default"] = "criminal"
+    world["with_child"] = np.where(young_white, "child", world["default"])
+    res = _run(world, seed=0)
+    (f,) = [f for f in res.findings if f["evidence"].get("group") == "White"
+            and f["evidence"]["label_set"] == "default" and f["evidence"]["metric"] == "crime_rate"]
+    ev = f["evidence"]
+    assert ev["disappears_with"] == "with_child" and ev["with_child_value"] == 0
+    white_adults = (world.race == "White") & ~young_white
+    assert ev["adults_n"] == white_adults.sum() and ev["adults_value"] == 0
+    assert ev["adults_in_excess"] is False and f["severity"] == "low"
+    assert "label-coverage effect" in f["message"] and "aged 20 and over: 0.0%" in f["message"]
+    assert not [f for f in res.findings if f["evidence"].get("group") == "White"
+                and f["evidence"]["label_set"] == "with_child"]
+
+
+def _run(world, *, seed):
+    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
+    emb = StubEmbedder(labels, None)
+    emb._images = image_vectors(world, emb)
+    source = Source(name="fairface", spec="planted", kind="fairface",
+                    table=world[["race", "gender", "age"]].astype(str), fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
+    return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
