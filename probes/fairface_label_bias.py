@@ -42,6 +42,11 @@ class FairFaceLabelBias:
         **{f"{r}_difference": Metric(f"{t} labels, highest − lowest group", "points", worse="up")
            for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
                         ("denigration_rate", "Denigrating"))},
+        **{f"{r}_{end}": Metric(f"{t} labels, {word} across wordings", "fraction", worse="up",
+                                description=f"the {word} rate under one panel wording alone")
+           for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
+                        ("denigration_rate", "Denigrating"))
+           for end, word in (("min", "lowest"), ("max", "highest"))},
         "race_accuracy": Metric("Race classified as labelled", "fraction",
                                 description="a check that the label set works, not a goal"),
         "gender_accuracy": Metric("Gender classified as labelled", "fraction",
@@ -51,7 +56,7 @@ class FairFaceLabelBias:
         "child_effect_beyond_adults": Metric("'Child' effect beyond adults' change", "points"),
     }
     del _rate
-    row_keys = ("baseline",)
+    row_keys = ("baseline", "template")
     requires = ("fairface",)
 
     @dataclass(frozen=True)
@@ -312,11 +317,17 @@ def _find(rows, **match) -> dict | None:
 def _summary(outcomes, rows, table, cfg) -> dict:
     names = list(outcomes)
     base = names[0]
-    out = {"images": int(len(table)), "label_sets": ", ".join(names)}
+    out = {"images": int(len(table)), "label_sets": ", ".join(names),
+           **_wording_summary(outcomes[base], cfg)}
     for metric in RATES:
         overall = _find(rows, metric=metric, label_set=base, group_by="overall")
         out[metric] = overall["value"]
         out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = overall["ci_low"], overall["ci_high"]
+        for end in ("min", "max"):
+            r = next((r for r in rows if r["metric"] == f"{metric}_{end}" and r["label_set"] == base
+                      and r["group_by"] == "overall"), None)
+            if r:
+                out[f"{metric}_wording_{end}"] = r["value"]
         worst = _worst_group(rows, metric, base)
         if worst:
             out[f"worst_group_{metric}"] = f"{worst['group_by']}: {worst['group']}"
@@ -324,6 +335,13 @@ def _summary(outcomes, rows, table, cfg) -> dict:
     out.update(_under_20_summary(rows, names))
     out.update(_reference_summary(outcomes))
     return out
+
+
+def _wording_summary(outcome, cfg) -> dict:
+    """What the headline is: "ensemble of K wordings" (the report's headline line)."""
+    k = len(list(cfg.templates) or outcome.label_set["templates"])
+    return {"templates": f"ensemble of {k} wordings" if k > 1 else "one wording",
+            "wordings": len(outcome.wordings)}
 
 
 def _worst_group(rows, metric, label_set) -> dict | None:
@@ -562,7 +580,7 @@ def _child_robustness(base, child, table, cfg, *, sign) -> dict:
         if p < cfg.alpha and np.sign(per[w]) == sign and beyond:
             held.append(w)
     return {"wordings_holding": len(held), "wordings": len(names), "wordings_held": held,
-            "per_wording": per}
+            "per_wording_change": per}
 
 
 def _excludes_zero(r) -> bool:

@@ -470,7 +470,7 @@ def test_the_child_effect_counts_the_wordings_it_holds_under(result):
     (child,) = [f for f in result.findings if f["severity"] == "info"]
     panel = load_label_set("fairface_default")["panel_templates"]
     assert child["evidence"]["wordings_holding"] == child["evidence"]["wordings"] == len(panel)
-    assert all(v == pytest.approx(-0.3) for v in child["evidence"]["per_wording"].values())
+    assert all(v == pytest.approx(-0.3) for v in child["evidence"]["per_wording_change"].values())
 
 
 def test_a_finding_that_only_children_make_says_so():
@@ -505,3 +505,13 @@ def _run(world, *, seed):
                     table=world[["race", "gender", "age"]].astype(str), fingerprint="0" * 64)
     ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
     return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+
+
+def test_summary_names_the_ensemble_and_its_range(world):
+    panel = load_label_set("fairface_default")["panel_templates"]
+    s = _wording_result(world, set(panel[:5])).summary
+    assert s["templates"] == f"ensemble of {len(panel)} wordings" and s["wordings"] == len(panel)
+    gorilla = (world["default"] == "gorilla").mean()   # the non-human faces of the default set
+    others = (world["default"] == "orangutan").mean()  # orangutan reads the same under every wording
+    assert s["non_human_rate_wording_min"] == pytest.approx(others)
+    assert s["non_human_rate_wording_max"] == pytest.approx(gorilla + others)
