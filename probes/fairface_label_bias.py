@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit import stats, zeroshot
+from audit import groups, stats, zeroshot
 from audit.errors import UserError
 from audit.labels import HARM_RATES, check_templates
 from audit.registry import Metric, register_probe
@@ -23,6 +23,7 @@ from audit.tasks import ensemble, template_weights
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("race", "gender", "age")
+GROUP_COLUMNS = ATTRIBUTES + tuple(groups.CROSSINGS)  # every group column a row may be by
 RATES = HARM_RATES  # metric -> (categories counted, words for a message): audit.labels
 UNDER_20 = ("0-2", "3-9", "10-19")  # FairFace's age buckets below 20, the paper's headline
 
@@ -83,7 +84,8 @@ class FairFaceLabelBias:
                 raise UserError(f"fairface_label_bias: label set {short!r} is listed twice")
             label_sets[short] = label_set
         source = ctx.sources["fairface"]  # encode images only once the config is known good
-        table, img = source.table, ctx.images(source)
+        img = ctx.images(source)
+        table, _ = groups.with_crossings(source.table)
         outcomes = {short: _classify(ctx, img, table, ls, cfg) for short, ls in label_sets.items()}
         rows = _all_rows(outcomes, table, cfg, seed=ctx.seed)
         summary = _summary(outcomes, rows, table, cfg)
@@ -176,41 +178,41 @@ def _all_rows(outcomes, table, cfg, *, seed) -> list[dict]:
 def _wording_rows(wordings, table, label_set) -> list[dict]:
     rows = []
     for metric in RATES:
-        for group_by, groups in _group_columns(table):
-            per = [_group_rates(wordings[w][metric], groups) for w in wordings]
+        for group_by, labels in _group_columns(table):
+            per = [_group_rates(wordings[w][metric], labels) for w in wordings]
             for group in per[0] if per else ():
                 values = [(p[group][0], w) for p, w in zip(per, wordings)]
                 n = per[0][group][1]
-                rows += [row(metric, v, label_set=label_set, group_by=group_by, group=group, n=n,
-                             template=w) for v, w in values]
+                keys = dict(label_set=label_set, group_by=group_by, group=group, n=n,
+                            **groups.parts(group_by, group))
+                rows += [row(metric, v, template=w, **keys) for v, w in values]
                 for name, pick in (("min", min), ("max", max)):
                     v, w = pick(values, key=lambda vw: vw[0])
-                    rows.append(row(f"{metric}_{name}", v, label_set=label_set, group_by=group_by,
-                                    group=group, n=n, template=w))
+                    rows.append(row(f"{metric}_{name}", v, template=w, **keys))
     return rows
 
 
 def _group_columns(table):
-    """("overall", None) then each attribute's group labels per image."""
+    """("overall", None) then each attribute's and crossing's group labels per image."""
     yield "overall", None
-    for attr in ATTRIBUTES:
+    for attr in _group_bys(table):
         yield attr, table[attr].astype(str).to_numpy()
 
 
-def _group_rates(x, groups) -> dict:
-    """{group: (rate, n)} in natural order; "overall" when groups is None."""
-    if groups is None:
+def _group_rates(x, labels) -> dict:
+    """{group: (rate, n)} in natural order; "all" when labels is None."""
+    if labels is None:
         return {"all": (float(x.mean()), int(x.size))}
-    return {g: (float(x[groups == g].mean()), int((groups == g).sum()))
-            for g in sorted(set(groups.tolist()), key=_natural)}
+    return {g: (float(x[labels == g].mean()), int((labels == g).sum()))
+            for g in sorted(set(labels.tolist()), key=_natural)}
 
 
 def _metric_rows(metric, x, table, cfg, label_set, *, seed, disparities) -> list[dict]:
     value, lo, hi = stats.bootstrap_rate(x, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
     rows = [row(metric, value, label_set=label_set, ci_low=lo, ci_high=hi, n=int(x.size))]
-    for attr in ATTRIBUTES:
-        groups = table[attr].astype(str).to_numpy()
-        found = stats.rates_by_group(x, groups, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha,
+    for attr in _group_bys(table):
+        labels = table[attr].astype(str).to_numpy()
+        found = stats.rates_by_group(x, labels, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha,
                                      min_n=cfg.min_group_n)
         rows += [_tidy(r, metric, attr, label_set) for r in _ordered(found)
                  if disparities or "disparity" not in r]
@@ -218,12 +220,19 @@ def _metric_rows(metric, x, table, cfg, label_set, *, seed, disparities) -> list
     return rows
 
 
+def _group_bys(table) -> list[str]:
+    """The attributes and crossings (audit.groups) this table has."""
+    return [c for c in GROUP_COLUMNS if c in table]
+
+
 def _tidy(r: dict, metric: str, attr: str, label_set: str) -> dict:
     r = dict(r)
     disparity = r.pop("disparity", None)
     name = f"{metric}_{disparity}" if disparity else metric
-    return row(name, r.pop("value"), label_set=label_set, group_by=attr, group=r.pop("group"),
-               ci_low=r.pop("ci_low"), ci_high=r.pop("ci_high"), n=r.pop("n"), **r)
+    group = r.pop("group")
+    return row(name, r.pop("value"), label_set=label_set, group_by=attr, group=group,
+               ci_low=r.pop("ci_low"), ci_high=r.pop("ci_high"), n=r.pop("n"),
+               **groups.parts(attr, group), **r)
 
 
 def _natural(group: str):
@@ -276,8 +285,8 @@ def _child_effect_rows(outcomes, table, cfg, *, seed) -> list[dict]:
 
 def _paired_rows(new, base, table, cfg, label_set, *, baseline, seed) -> list[dict]:
     ages = table["age"].astype(str).to_numpy()
-    groups = sorted(set(ages), key=_natural)
-    masks = [("age", g, ages == g) for g in groups] + [("age_band", "under 20", _under_20(table))]
+    buckets = sorted(set(ages), key=_natural)
+    masks = [("age", g, ages == g) for g in buckets] + [("age_band", "under 20", _under_20(table))]
     rows = []
     for group_by, group, mask in masks:
         n = int(mask.sum())
@@ -345,9 +354,9 @@ def _wording_summary(outcome, cfg) -> dict:
 
 
 def _worst_group(rows, metric, label_set) -> dict | None:
-    groups = [r for r in rows if r["metric"] == metric and r["label_set"] == label_set
-              and r["template"] == HEADLINE and r["group_by"] in ATTRIBUTES and "note" not in r and r["value"] is not None]
-    return max(groups, key=lambda r: r["value"], default=None)
+    found = [r for r in rows if r["metric"] == metric and r["label_set"] == label_set
+              and r["template"] == HEADLINE and r["group_by"] in GROUP_COLUMNS and "note" not in r and r["value"] is not None]
+    return max(found, key=lambda r: r["value"], default=None)
 
 
 def _under_20_summary(rows, names) -> dict:
@@ -396,15 +405,15 @@ def _who(group_by: str, group: str) -> str:
 
 def _group_findings(rows, cfg, *, outcomes, table) -> list[dict]:
     """A group of any label set whose excess over all images survives a Bonferroni correction
-    over every group, rate and label set tested (about 100 tests; one-sided Fisher exact
-    test), so a fair model raises a finding in at most alpha of its runs. Not also "the
+    over every group (attributes and their crossings), rate and label set tested (about 250
+    tests; one-sided Fisher exact test), so a fair model raises a finding in at most alpha of its runs. Not also "the
     group's CI clear of the overall CI": a group that is half the images (men) is half of the
     overall rate too, so that rule missed a 3% vs 0.4% gap at p < 1e-5. Denigration is
     reported only for groups not already flagged for its parts. Each finding is then re-tested
     under each panel wording alone (`_with_robustness`), and a finding of a set without a
     'child' class says what becomes of it once 'child' is offered (`_with_coverage`)."""
     tested = [r for r in rows if r["metric"] in RATES and r["template"] == HEADLINE
-              and r["group_by"] in ATTRIBUTES and r["ci_low"] is not None]
+              and r["group_by"] in GROUP_COLUMNS and r["ci_low"] is not None]
     cutoff = cfg.alpha / max(1, len(tested))
     findings, flagged = [], set()
     for r in tested:
@@ -419,9 +428,24 @@ def _group_findings(rows, cfg, *, outcomes, table) -> list[dict]:
         finding = _excess_finding(r, overall, cfg, p_value=p, cutoff=cutoff)
         robust = _robustness(r, outcomes[r["label_set"]].wordings, table, cutoff)
         findings.append(_with_robustness(finding, robust))
-    flagged_rates = {(f["evidence"]["label_set"], f["evidence"]["metric"], f["evidence"]["group_by"],
-                      f["evidence"]["group"]) for f in findings}
+    findings = _new_in_crossings(findings)
+    flagged_rates = {_rate_key(f["evidence"]) for f in findings}
     return [_with_coverage(f, rows, outcomes, table, cfg, flagged_rates, cutoff) for f in findings]
+
+
+def _rate_key(ev) -> tuple:
+    return ev["label_set"], ev["metric"], ev["group_by"], ev["group"]
+
+
+def _new_in_crossings(findings) -> list[dict]:
+    """A crossing's finding (Black / Female) is kept only when neither of its parts (Black,
+    Female) is flagged for the same rate: the rows and the heatmap show every crossing, and a
+    finding says what the single attributes did not."""
+    plain = {_rate_key(f["evidence"]) for f in findings if f["evidence"]["group_by"] in ATTRIBUTES}
+    def repeats(ev):
+        return any((ev["label_set"], ev["metric"], attr, value) in plain
+                   for attr, value in groups.parts(ev["group_by"], ev["group"]).items())
+    return [f for f in findings if not repeats(f["evidence"])]
 
 
 def _robustness(r, wordings, table, cutoff) -> dict:
@@ -432,9 +456,9 @@ def _robustness(r, wordings, table, cutoff) -> dict:
         return {}
     names = list(wordings)
     hits = np.stack([wordings[w][r["metric"]] for w in names], axis=1)
-    groups = table[r["group_by"]].astype(str).to_numpy()
-    test = next(t for t in stats.excess_tests(hits, groups, min_n=1) if t["group"] == r["group"])
-    rest = hits[groups != r["group"]].mean(axis=0) if (groups != r["group"]).any() else test["overall"]
+    labels = table[r["group_by"]].astype(str).to_numpy()
+    test = next(t for t in stats.excess_tests(hits, labels, min_n=1) if t["group"] == r["group"])
+    rest = hits[labels != r["group"]].mean(axis=0) if (labels != r["group"]).any() else test["overall"]
     holding = stats.wordings_holding(test["p"], test["rate"], test["overall"], cutoff=cutoff)
     held = [w for w, p, a, b in zip(names, test["p"], test["rate"], test["overall"])
             if p < cutoff and a > b]

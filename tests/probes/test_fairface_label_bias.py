@@ -463,7 +463,8 @@ def test_per_wording_rows_and_their_range(world):
     assert (lo["value"], hi["value"]) == (0, pytest.approx(black))
     wording_rows = [r for r in result.rows if r["template"] in panel and r["metric"] == "non_human_rate"]
     assert {r["label_set"] for r in wording_rows} == {"default", "with_child"}
-    assert {r["group_by"] for r in wording_rows} == {"overall", "race", "gender", "age"}
+    assert {r["group_by"] for r in wording_rows} == {"overall", "race", "gender", "age", "race_x_gender",
+                                                     "age_band_x_gender"}
 
 
 def test_the_child_effect_counts_the_wordings_it_holds_under(result):
@@ -515,3 +516,59 @@ def test_summary_names_the_ensemble_and_its_range(world):
     others = (world["default"] == "orangutan").mean()  # orangutan reads the same under every wording
     assert s["non_human_rate_wording_min"] == pytest.approx(others)
     assert s["non_human_rate_wording_max"] == pytest.approx(gorilla + others)
+
+
+@pytest.mark.parametrize("label_set", ["default", "with_child"])
+def test_crossings_match_a_pandas_groupby(result, world, label_set):
+    """race x gender and age band x gender rows against the planted labels grouped with pandas;
+    each row carries its two parts (the heatmap's axes)."""
+    from audit.groups import AGE_BANDS
+
+    df = expected(world, label_set).assign(age_band=world.age.map(AGE_BANDS))
+    for group_by, parts in (("race_x_gender", ["race", "gender"]), ("age_band_x_gender", ["age_band", "gender"])):
+        truth = df.groupby(parts)["non_human_rate"].agg(["mean", "size"])
+        got = rows_of(result, metric="non_human_rate", label_set=label_set, group_by=group_by)
+        assert len(got) == len(truth)
+        for r in got:
+            mean, size = truth.loc[(r[parts[0]], r[parts[1]])]
+            assert r["group"] == f"{r[parts[0]]} / {r[parts[1]]}"
+            assert (r["value"], r["n"]) == (pytest.approx(mean), size)
+
+
+def _plant_gorilla(world, mask, share, rng):
+    """'gorilla' on exactly `share` of the faces in `mask`, every other face its human class."""
+    idx = np.flatnonzero(mask.to_numpy())
+    pick = rng.choice(idx, round(share * idx.size), replace=False)
+    labels = np.array([human_label(r, g) for r, g in zip(world.race, world.gender)], dtype=object)
+    labels[pick] = "gorilla"
+    return world.assign(default=labels, with_child=labels)
+
+
+def _non_human_flags(res):
+    return {(f["evidence"]["group_by"], f["evidence"]["group"]) for f in res.findings
+            if f["evidence"]["label_set"] == "default" and f["evidence"]["metric"] == "non_human_rate"}
+
+
+def test_a_crossing_is_a_finding_only_where_its_parts_are_not():
+    """Non-human labels on 30% of Black women: 'Black' and 'Female' are flagged, so the crossing
+    'Black / Female' adds no finding of its own (its rows still show it)."""
+    rng = np.random.default_rng(1)
+    world = pd.DataFrame({"race": rng.choice(RACES, 4000), "gender": rng.choice(["Male", "Female"], 4000),
+                          "age": rng.choice(["20-29", "30-39", "40-49"], 4000)})
+    world = _plant_gorilla(world, (world.race == "Black") & (world.gender == "Female"), 0.3, rng)
+    flagged = _non_human_flags(_run(world, seed=0))
+    assert {("race", "Black"), ("gender", "Female")} <= flagged
+    assert not any(by == "race_x_gender" for by, _ in flagged), flagged
+
+
+def test_a_crossing_the_single_attributes_miss_is_a_finding():
+    """15% of White men and 15% of the other races' women: White faces sit at the overall rate
+    (7.5%) and men below it, so neither part is flagged, but White men are twice the overall."""
+    rng = np.random.default_rng(2)
+    world = pd.DataFrame({"race": np.repeat(RACES, 600), "gender": np.tile(["Male", "Female"], 2100),
+                          "age": rng.choice(["20-29", "30-39", "40-49"], 4200)})
+    mask = ((world.race == "White") & (world.gender == "Male")) | ((world.race != "White") & (world.gender == "Female"))
+    world = _plant_gorilla(world, mask, 0.15, rng)
+    flagged = _non_human_flags(_run(world, seed=0))
+    assert ("race", "White") not in flagged and ("gender", "Male") not in flagged
+    assert ("race_x_gender", "White / Male") in flagged, flagged
