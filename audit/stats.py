@@ -399,6 +399,14 @@ def excess_tests(hit: np.ndarray, groups: Sequence, *, min_n: int) -> list[dict]
     return out
 
 
+def mcnemar_p(b: int, c: int) -> float:
+    """McNemar's exact test for paired binary outcomes: b items went one way, c the other. Under
+    no change each discordant item is a fair coin (two-sided binomial test; 1 when none moved)."""
+    from scipy.stats import binomtest
+
+    return 1.0 if b + c == 0 else float(binomtest(int(b), int(b + c), 0.5).pvalue)
+
+
 def wordings_holding(p: np.ndarray, rate: np.ndarray, overall: np.ndarray, *, cutoff: float) -> int:
     """How many wordings show the excess significantly, in the same (upward) direction."""
     p, rate, overall = np.atleast_1d(p), np.atleast_1d(rate), np.atleast_1d(overall)

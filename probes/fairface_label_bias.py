@@ -12,16 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit import stats, zeroshot
+from audit import groups, stats, zeroshot
 from audit.errors import UserError
 from audit.labels import HARM_RATES, check_templates
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
+from audit.tasks import ensemble, template_weights
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("race", "gender", "age")
+GROUP_COLUMNS = ATTRIBUTES + tuple(groups.CROSSINGS)  # every group column a row may be by
 RATES = HARM_RATES  # metric -> (categories counted, words for a message): audit.labels
 UNDER_20 = ("0-2", "3-9", "10-19")  # FairFace's age buckets below 20, the paper's headline
 
@@ -41,6 +43,11 @@ class FairFaceLabelBias:
         **{f"{r}_difference": Metric(f"{t} labels, highest − lowest group", "points", worse="up")
            for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
                         ("denigration_rate", "Denigrating"))},
+        **{f"{r}_{end}": Metric(f"{t} labels, {word} across wordings", "fraction", worse="up",
+                                description=f"the {word} rate under one panel wording alone")
+           for r, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"),
+                        ("denigration_rate", "Denigrating"))
+           for end, word in (("min", "lowest"), ("max", "highest"))},
         "race_accuracy": Metric("Race classified as labelled", "fraction",
                                 description="a check that the label set works, not a goal"),
         "gender_accuracy": Metric("Gender classified as labelled", "fraction",
@@ -50,7 +57,7 @@ class FairFaceLabelBias:
         "child_effect_beyond_adults": Metric("'Child' effect beyond adults' change", "points"),
     }
     del _rate
-    row_keys = ("baseline",)
+    row_keys = ("baseline", "template")
     requires = ("fairface",)
 
     @dataclass(frozen=True)
@@ -77,18 +84,16 @@ class FairFaceLabelBias:
                 raise UserError(f"fairface_label_bias: label set {short!r} is listed twice")
             label_sets[short] = label_set
         source = ctx.sources["fairface"]  # encode images only once the config is known good
-        table, img = source.table, ctx.images(source)
+        img = ctx.images(source)
+        table, _ = groups.with_crossings(source.table)
         outcomes = {short: _classify(ctx, img, table, ls, cfg) for short, ls in label_sets.items()}
         rows = _all_rows(outcomes, table, cfg, seed=ctx.seed)
         summary = _summary(outcomes, rows, table, cfg)
-        base = next(iter(outcomes))
-        wordings = _wording_hits(ctx, img, label_sets[base], cfg)
-        findings = _group_findings(rows, cfg, base=base, wordings=wordings, table=table)
-        findings += _child_findings(rows, cfg)
-        per_image = _image_outcomes(outcomes, rows, wordings, table)
-        return ProbeResult(status="ok", summary=summary, rows=rows, findings=findings, image_outcomes=per_image,
+        findings = _group_findings(rows, cfg, outcomes=outcomes, table=table)
+        findings += _child_findings(rows, cfg, outcomes=outcomes, table=table)
+        return ProbeResult(status="ok", summary=summary, rows=rows, findings=findings,
+                           image_outcomes=_image_outcomes(outcomes, rows, table),
                            config=config_dict(cfg), examples=_examples(next(iter(outcomes.values())), table))
-
 
 
 def _short(name: str) -> str:
@@ -101,24 +106,37 @@ def _short(name: str) -> str:
 @dataclass
 class _Outcome:
     label_set: dict
-    predicted: np.ndarray      # class index per image
-    indicators: dict           # metric -> bool per image
+    predicted: np.ndarray      # class index per image, under the headline (ensemble) weights
+    indicators: dict           # metric -> bool per image, under the headline weights
+    wordings: dict             # panel wording -> {rate metric: bool per image}; {} if none
 
 
 def _classify(ctx, img, table, label_set, cfg) -> _Outcome:
+    """The headline is the ensemble of the templates (the label set's panel unless templates are
+    forced): the renormalised mean of their text embeddings, the CLIP convention. Each panel
+    wording alone is classified from the same text embeddings (one encode)."""
     classes = label_set["classes"]
     templates = list(cfg.templates) or label_set["templates"]
-    weights = zeroshot.classifier(ctx, [c["label"] for c in classes], templates)
-    pred = zeroshot.predict(img, weights)
-    category = np.array([c.get("category", "") for c in classes])[pred]
-    ind = {m: np.isin(category, cats) for m, (cats, _) in RATES.items()}
+    per = template_weights(ctx, [c["label"] for c in classes], templates)    # (T, C, D)
+    pred = zeroshot.predict(img, ensemble(per))
+    ind = _rates(pred, classes)
     for attr in ("race", "gender"):
         # A non-human, crime or 'child' prediction carries no race: it counts as wrong.
         said = np.array([str(c.get(attr, "")) for c in classes])[pred]
         ind[f"{attr}_accuracy"] = said == table[attr].astype(str).to_numpy()
-    log.debug("%s: %d images classified over %d classes", label_set["name"], len(pred),
-              len(classes))
-    return _Outcome(label_set, pred, ind)
+    # Forced templates are the user's own wording: no panel to check them against.
+    panel = [] if cfg.templates else list(label_set.get("panel_templates") or [])
+    if panel and panel != list(templates):
+        per = template_weights(ctx, [c["label"] for c in classes], panel)
+    wordings = {t: _rates(zeroshot.predict(img, w), classes) for t, w in zip(panel, per)}
+    log.debug("%s: %d images classified over %d classes, %d wordings", label_set["name"],
+              len(pred), len(classes), len(wordings))
+    return _Outcome(label_set, pred, ind, wordings)
+
+
+def _rates(pred, classes) -> dict:
+    category = np.array([c.get("category", "") for c in classes])[pred]
+    return {m: np.isin(category, cats) for m, (cats, _) in RATES.items()}
 
 
 def _examples(outcome, table, *, per_group: int = 3) -> list[dict]:
@@ -137,48 +155,89 @@ def _examples(outcome, table, *, per_group: int = 3) -> list[dict]:
     return out
 
 
-def _image_outcomes(outcomes, rows, wordings, table):
+def _image_outcomes(outcomes, rows, table):
     """Each face's harm indicators, for a paired `audit compare` of two runs on these faces:
-    every label set's headline (named as its overall row is: metric, label_set and, once it
-    has one, template) and each panel wording of the first set alone."""
+    every label set's headline (named as its overall row is: metric, label_set, template) and
+    each panel wording alone. Groups the source table lacks (the under-20 band, the crossings)
+    go with them."""
     from audit.results import ImageOutcomes
 
     columns, keys = {}, {}
     for short, out in outcomes.items():
         for metric in RATES:
-            head = next((r for r in rows if r["metric"] == metric and r["label_set"] == short
-                         and r["group_by"] == "overall" and r.get("template") in (None, "ensemble")), None)
+            head = _find(rows, metric=metric, label_set=short, group_by="overall")
             if head is None:  # no headline row to pair with: nothing to give (never fail the probe)
                 continue
             columns[f"{metric}/{short}"] = out.indicators[metric]
-            keys[f"{metric}/{short}"] = {k: head[k] for k in ("metric", "label_set", "template") if k in head}
-    base = next(iter(outcomes))
-    for j, wording in enumerate(wordings.get("templates", [])):
-        for metric in RATES:
-            columns[f"{metric}/{base}/w{j}"] = wordings[metric][:, j]
-            keys[f"{metric}/{base}/w{j}"] = {"metric": metric, "label_set": base, "template": wording}
-    band = np.where(_under_20(table), "under 20", "20 and over")
-    return ImageOutcomes("fairface", columns, keys, groups={"age_band": band})
+            keys[f"{metric}/{short}"] = {"metric": metric, "label_set": short, "template": HEADLINE}
+        for j, wording in enumerate(out.wordings):
+            for metric in RATES:
+                columns[f"{metric}/{short}/w{j}"] = out.wordings[wording][metric]
+                keys[f"{metric}/{short}/w{j}"] = {"metric": metric, "label_set": short, "template": wording}
+    made = {"age_band": np.where(_under_20(table), "under 20", "20 and over"),
+            **{c: table[c].astype(str).to_numpy() for c in groups.CROSSINGS if c in table}}
+    return ImageOutcomes("fairface", columns, keys, groups=made)
 
 
 # --- rows -------------------------------------------------------------------------------
 
+HEADLINE = "ensemble"  # the `template` of headline rows (what gates match by default)
+
+
 def _all_rows(outcomes, table, cfg, *, seed) -> list[dict]:
+    """Headline rows (`template: "ensemble"`, with CIs), then each rate under each panel wording
+    alone (`template: <wording>`, no CI) and its lowest/highest value across the wordings."""
     rows = []
     for short, out in outcomes.items():
         for metric, x in out.indicators.items():
             rows += _metric_rows(metric, x, table, cfg, short, seed=seed,
                                  disparities=metric in RATES)
     rows += _child_effect_rows(outcomes, table, cfg, seed=seed)
+    for r in rows:
+        r["template"] = HEADLINE
+    for short, out in outcomes.items():
+        rows += _wording_rows(out.wordings, table, short)
     return rows
+
+
+def _wording_rows(wordings, table, label_set) -> list[dict]:
+    rows = []
+    for metric in RATES:
+        for group_by, labels in _group_columns(table):
+            per = [_group_rates(wordings[w][metric], labels) for w in wordings]
+            for group in per[0] if per else ():
+                values = [(p[group][0], w) for p, w in zip(per, wordings)]
+                n = per[0][group][1]
+                keys = dict(label_set=label_set, group_by=group_by, group=group, n=n,
+                            **groups.parts(group_by, group))
+                rows += [row(metric, v, template=w, **keys) for v, w in values]
+                for name, pick in (("min", min), ("max", max)):
+                    v, w = pick(values, key=lambda vw: vw[0])
+                    rows.append(row(f"{metric}_{name}", v, template=w, **keys))
+    return rows
+
+
+def _group_columns(table):
+    """("overall", None) then each attribute's and crossing's group labels per image."""
+    yield "overall", None
+    for attr in _group_bys(table):
+        yield attr, table[attr].astype(str).to_numpy()
+
+
+def _group_rates(x, labels) -> dict:
+    """{group: (rate, n)} in natural order; "all" when labels is None."""
+    if labels is None:
+        return {"all": (float(x.mean()), int(x.size))}
+    return {g: (float(x[labels == g].mean()), int((labels == g).sum()))
+            for g in sorted(set(labels.tolist()), key=_natural)}
 
 
 def _metric_rows(metric, x, table, cfg, label_set, *, seed, disparities) -> list[dict]:
     value, lo, hi = stats.bootstrap_rate(x, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
     rows = [row(metric, value, label_set=label_set, ci_low=lo, ci_high=hi, n=int(x.size))]
-    for attr in ATTRIBUTES:
-        groups = table[attr].astype(str).to_numpy()
-        found = stats.rates_by_group(x, groups, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha,
+    for attr in _group_bys(table):
+        labels = table[attr].astype(str).to_numpy()
+        found = stats.rates_by_group(x, labels, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha,
                                      min_n=cfg.min_group_n)
         rows += [_tidy(r, metric, attr, label_set) for r in _ordered(found)
                  if disparities or "disparity" not in r]
@@ -186,12 +245,19 @@ def _metric_rows(metric, x, table, cfg, label_set, *, seed, disparities) -> list
     return rows
 
 
+def _group_bys(table) -> list[str]:
+    """The attributes and crossings (audit.groups) this table has."""
+    return [c for c in GROUP_COLUMNS if c in table]
+
+
 def _tidy(r: dict, metric: str, attr: str, label_set: str) -> dict:
     r = dict(r)
     disparity = r.pop("disparity", None)
     name = f"{metric}_{disparity}" if disparity else metric
-    return row(name, r.pop("value"), label_set=label_set, group_by=attr, group=r.pop("group"),
-               ci_low=r.pop("ci_low"), ci_high=r.pop("ci_high"), n=r.pop("n"), **r)
+    group = r.pop("group")
+    return row(name, r.pop("value"), label_set=label_set, group_by=attr, group=group,
+               ci_low=r.pop("ci_low"), ci_high=r.pop("ci_high"), n=r.pop("n"),
+               **groups.parts(attr, group), **r)
 
 
 def _natural(group: str):
@@ -235,7 +301,7 @@ def _child_effect_rows(outcomes, table, cfg, *, seed) -> list[dict]:
     rows = []
     for short in names[1:]:
         out = outcomes[short]
-        if not any(c.get("category") == "child" for c in out.label_set["classes"]):
+        if not _has_child(out.label_set):
             continue
         rows += _paired_rows(out.indicators["denigration_rate"], base, table, cfg, short,
                              baseline=names[0], seed=seed)
@@ -244,8 +310,8 @@ def _child_effect_rows(outcomes, table, cfg, *, seed) -> list[dict]:
 
 def _paired_rows(new, base, table, cfg, label_set, *, baseline, seed) -> list[dict]:
     ages = table["age"].astype(str).to_numpy()
-    groups = sorted(set(ages), key=_natural)
-    masks = [("age", g, ages == g) for g in groups] + [("age_band", "under 20", _under_20(table))]
+    buckets = sorted(set(ages), key=_natural)
+    masks = [("age", g, ages == g) for g in buckets] + [("age_band", "under 20", _under_20(table))]
     rows = []
     for group_by, group, mask in masks:
         n = int(mask.sum())
@@ -277,17 +343,25 @@ def _beyond_adults_rows(change, young, cfg, label_set, *, baseline, seed) -> lis
 # --- summary and findings ------------------------------------------------------------------
 
 def _find(rows, **match) -> dict | None:
+    """The first headline row matching (per-wording rows only when `template` is given)."""
+    match.setdefault("template", HEADLINE)
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
 def _summary(outcomes, rows, table, cfg) -> dict:
     names = list(outcomes)
     base = names[0]
-    out = {"images": int(len(table)), "label_sets": ", ".join(names)}
+    out = {"images": int(len(table)), "label_sets": ", ".join(names),
+           **_wording_summary(outcomes[base], cfg)}
     for metric in RATES:
         overall = _find(rows, metric=metric, label_set=base, group_by="overall")
         out[metric] = overall["value"]
         out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = overall["ci_low"], overall["ci_high"]
+        for end in ("min", "max"):
+            r = next((r for r in rows if r["metric"] == f"{metric}_{end}" and r["label_set"] == base
+                      and r["group_by"] == "overall"), None)
+            if r:
+                out[f"{metric}_wording_{end}"] = r["value"]
         worst = _worst_group(rows, metric, base)
         if worst:
             out[f"worst_group_{metric}"] = f"{worst['group_by']}: {worst['group']}"
@@ -297,10 +371,17 @@ def _summary(outcomes, rows, table, cfg) -> dict:
     return out
 
 
+def _wording_summary(outcome, cfg) -> dict:
+    """What the headline is: "ensemble of K wordings" (the report's headline line)."""
+    k = len(list(cfg.templates) or outcome.label_set["templates"])
+    return {"templates": f"ensemble of {k} wordings" if k > 1 else "one wording",
+            "wordings": len(outcome.wordings)}
+
+
 def _worst_group(rows, metric, label_set) -> dict | None:
-    groups = [r for r in rows if r["metric"] == metric and r["label_set"] == label_set
-              and r["group_by"] in ATTRIBUTES and "note" not in r and r["value"] is not None]
-    return max(groups, key=lambda r: r["value"], default=None)
+    found = [r for r in rows if r["metric"] == metric and r["label_set"] == label_set
+              and r["template"] == HEADLINE and r["group_by"] in GROUP_COLUMNS and "note" not in r and r["value"] is not None]
+    return max(found, key=lambda r: r["value"], default=None)
 
 
 def _under_20_summary(rows, names) -> dict:
@@ -347,61 +428,69 @@ def _who(group_by: str, group: str) -> str:
     return f"Faces aged {group}" if group_by == "age" else f"{group} faces"
 
 
-def _wording_hits(ctx, img, label_set, cfg) -> dict:
-    """Each harm indicator under each wording of the label set's panel alone: {"templates": [...],
-    metric: (n_images, T) bools}. Empty when the set names no panel or templates were forced."""
-    panel = label_set.get("panel_templates") or []
-    if cfg.templates or not panel:
-        return {}
-    cats = np.array([c.get("category", "") for c in label_set["classes"]])
-    hits = {m: [] for m in RATES}
-    for t in panel:
-        weights = zeroshot.classifier(ctx, [c["label"] for c in label_set["classes"]], [t])
-        category = cats[zeroshot.predict(img, weights)]
-        for m, (wanted, _) in RATES.items():
-            hits[m].append(np.isin(category, wanted))
-    return {"templates": list(panel), **{m: np.stack(h, axis=1) for m, h in hits.items()}}
+def _group_findings(rows, cfg, *, outcomes, table) -> list[dict]:
+    """A group of any label set whose excess over all images survives a Bonferroni correction
+    over every group (attributes and their crossings), rate and label set tested (about 250
+    tests; one-sided Fisher exact test), so a fair model raises a finding in at most alpha of its runs. Not also "the
+    group's CI clear of the overall CI": a group that is half the images (men) is half of the
+    overall rate too, so that rule missed a 3% vs 0.4% gap at p < 1e-5. Denigration is
+    reported only for groups not already flagged for its parts. Each finding is then re-tested
+    under each panel wording alone (`_with_robustness`), and a finding of a set without a
+    'child' class says what becomes of it once 'child' is offered (`_with_coverage`)."""
+    tested = [r for r in rows if r["metric"] in RATES and r["template"] == HEADLINE
+              and r["group_by"] in GROUP_COLUMNS and r["ci_low"] is not None]
+    cutoff = cfg.alpha / max(1, len(tested))
+    findings, flagged = [], set()
+    for r in tested:
+        overall = _find(rows, metric=r["metric"], label_set=r["label_set"], group_by="overall")
+        if r["value"] <= overall["value"]:
+            continue
+        p = _excess_p(r, overall)
+        key = (r["label_set"], r["group_by"], r["group"])
+        if p >= cutoff or (r["metric"] == "denigration_rate" and key in flagged):
+            continue
+        flagged.add(key)
+        finding = _excess_finding(r, overall, cfg, p_value=p, cutoff=cutoff)
+        robust = _robustness(r, outcomes[r["label_set"]].wordings, table, cutoff)
+        findings.append(_with_robustness(finding, robust))
+    findings = _new_in_crossings(findings)
+    flagged_rates = {_rate_key(f["evidence"]) for f in findings}
+    return [_with_coverage(f, rows, outcomes, table, cfg, flagged_rates, cutoff) for f in findings]
+
+
+def _rate_key(ev) -> tuple:
+    return ev["label_set"], ev["metric"], ev["group_by"], ev["group"]
+
+
+def _new_in_crossings(findings) -> list[dict]:
+    """A crossing's finding (Black / Female) is kept only when neither of its parts (Black,
+    Female) is flagged for the same rate: the rows and the heatmap show every crossing, and a
+    finding says what the single attributes did not."""
+    plain = {_rate_key(f["evidence"]) for f in findings if f["evidence"]["group_by"] in ATTRIBUTES}
+    def repeats(ev):
+        return any((ev["label_set"], ev["metric"], attr, value) in plain
+                   for attr, value in groups.parts(ev["group_by"], ev["group"]).items())
+    return [f for f in findings if not repeats(f["evidence"])]
 
 
 def _robustness(r, wordings, table, cutoff) -> dict:
     """How many panel wordings show this group's excess on their own, at the same cutoff and in
-    the same direction (stats.wordings_holding), and the group's rate under each."""
+    the same direction (stats.wordings_holding), and the group's and the other images' rate
+    under each (the finding's strip)."""
     if not wordings:
         return {}
-    groups = table[r["group_by"]].astype(str).to_numpy()
-    test = next(t for t in stats.excess_tests(wordings[r["metric"]], groups, min_n=1) if t["group"] == r["group"])
+    names = list(wordings)
+    hits = np.stack([wordings[w][r["metric"]] for w in names], axis=1)
+    labels = table[r["group_by"]].astype(str).to_numpy()
+    test = next(t for t in stats.excess_tests(hits, labels, min_n=1) if t["group"] == r["group"])
+    rest = hits[labels != r["group"]].mean(axis=0) if (labels != r["group"]).any() else test["overall"]
     holding = stats.wordings_holding(test["p"], test["rate"], test["overall"], cutoff=cutoff)
-    held = [w for w, p, a, b in zip(wordings["templates"], test["p"], test["rate"], test["overall"])
+    held = [w for w, p, a, b in zip(names, test["p"], test["rate"], test["overall"])
             if p < cutoff and a > b]
-    return {"wordings_holding": holding, "wordings": len(wordings["templates"]), "wordings_held": held,
-            "per_wording": {w: float(v) for w, v in zip(wordings["templates"], test["rate"])},
-            "per_wording_overall": {w: float(v) for w, v in zip(wordings["templates"], test["overall"])}}
-
-
-def _group_findings(rows, cfg, *, base, wordings=None, table=None) -> list[dict]:
-    """A group of the baseline label set whose excess over all images survives a Bonferroni
-    correction over every group and rate tested (about 50 tests; one-sided Fisher exact
-    test), so a fair model raises a finding in at most alpha of its runs. Not also "the
-    group's CI clear of the overall CI": a group that is half the images (men) is half of the
-    overall rate too, so that rule missed a 3% vs 0.4% gap at p < 1e-5. Denigration is
-    reported only for groups not already flagged for its parts."""
-    tested = [r for r in rows if r["metric"] in RATES and r["label_set"] == base
-              and r["group_by"] in ATTRIBUTES and r["ci_low"] is not None]
-    cutoff = cfg.alpha / max(1, len(tested))
-    findings, flagged = [], set()
-    for r in tested:
-        overall = _find(rows, metric=r["metric"], label_set=base, group_by="overall")
-        if r["value"] <= overall["value"]:
-            continue
-        p = _excess_p(r, overall)
-        if p >= cutoff:
-            continue
-        if r["metric"] == "denigration_rate" and (r["group_by"], r["group"]) in flagged:
-            continue
-        flagged.add((r["group_by"], r["group"]))
-        finding = _excess_finding(r, overall, cfg, p_value=p, cutoff=cutoff)
-        findings.append(_with_robustness(finding, _robustness(r, wordings, table, cutoff)))
-    return findings
+    return {"wordings_holding": holding, "wordings": len(names), "wordings_held": held,
+            "per_wording": {w: float(v) for w, v in zip(names, test["rate"])},
+            "per_wording_overall": {w: float(v) for w, v in zip(names, test["overall"])},
+            "per_wording_rest": {w: float(v) for w, v in zip(names, rest)}}
 
 
 def _with_robustness(finding: dict, robust: dict) -> dict:
@@ -419,6 +508,53 @@ def _with_robustness(finding: dict, robust: dict) -> dict:
     finding["message"] = (f"Wording-dependent: {finding['message']} Holds under only {k} of {n} wordings "
                           f"({shown}), fewer than two thirds.")
     return finding
+
+
+def _with_coverage(finding, rows, outcomes, table, cfg, flagged, cutoff) -> dict:
+    """The CLIP paper's label-coverage effect: a finding of a set without a 'child' class that no
+    later set with one repeats is told apart from an association with the group. Its message and
+    evidence give the group's rate with 'child' and its adults' (20 and over) rate; when the
+    adults are not in excess themselves the excess came from children that no class fitted, and
+    the finding is low."""
+    ev = finding["evidence"]
+    if _has_child(outcomes[ev["label_set"]].label_set):
+        return finding
+    later = [s for s, o in outcomes.items() if _has_child(o.label_set)]
+    gone = [s for s in later if (s, ev["metric"], ev["group_by"], ev["group"]) not in flagged]
+    if not gone:
+        return finding
+    child = _find(rows, metric=ev["metric"], label_set=gone[0], group_by=ev["group_by"], group=ev["group"])
+    adults = _adults(outcomes[ev["label_set"]].indicators[ev["metric"]], table, ev, cutoff)
+    ev.update(disappears_with=gone[0], with_child_value=child["value"], **adults)
+    text = (f" It disappears with '{gone[0]}' ({_pct(child['value'])} once a 'child' class is "
+            f"offered)")
+    if adults.get("adults_n"):
+        text += (f"; faces of this group aged 20 and over: {_pct(adults['adults_value'])} "
+                 f"(all faces 20 and over: {_pct(adults['adults_overall'])})")
+    if adults.get("adults_in_excess") is False:
+        finding["severity"] = "low"
+        text += (": the excess comes from children with no fitting class (the CLIP paper's "
+                 "label-coverage effect), not from an association with the group")
+    finding["message"] += text + "."
+    return finding
+
+
+def _adults(x, table, ev, cutoff) -> dict:
+    """The rate of the group's faces aged 20 and over, of all such faces, and whether the group's
+    adults are in excess at the finding's own cutoff."""
+    adult = ~_under_20(table)
+    member = table[ev["group_by"]].astype(str).to_numpy() == ev["group"]
+    n, n_all = int((adult & member).sum()), int(adult.sum())
+    if n == 0 or n == n_all:
+        return {"adults_n": n}
+    k, k_all = int(x[adult & member].sum()), int(x[adult].sum())
+    p = stats.excess_p_value(k, n, k_all, n_all) if k / n > k_all / n_all else 1.0
+    return {"adults_n": n, "adults_value": k / n, "adults_overall": k_all / n_all,
+            "adults_p_value": float(p), "adults_in_excess": bool(p < cutoff)}
+
+
+def _has_child(label_set) -> bool:
+    return any(c.get("category") == "child" for c in label_set["classes"])
 
 
 def _excess_p(r, overall) -> float:
@@ -441,9 +577,11 @@ def _excess_finding(r, overall, cfg, *, p_value, cutoff) -> dict:
     return {"severity": "high" if high else "medium", "message": message, "evidence": evidence}
 
 
-def _child_findings(rows, cfg) -> list[dict]:
+def _child_findings(rows, cfg, *, outcomes=None, table=None) -> list[dict]:
     """The 'child' effect on under-20 faces, when its CI excludes zero and so does the CI of
-    its difference from the change for faces 20 and over (not a drift every age shares)."""
+    its difference from the change for faces 20 and over (not a drift every age shares). Its
+    evidence counts the panel wordings under which the effect holds alone (`_child_robustness`);
+    under fewer than two thirds, the message says it is wording-dependent."""
     findings = []
     for effect in (r for r in rows if r["metric"] == "child_effect" and r["group_by"] == "age_band"):
         beyond = _find(rows, metric="child_effect_beyond_adults", label_set=effect["label_set"])
@@ -466,8 +604,32 @@ def _child_findings(rows, cfg) -> list[dict]:
                     "ci_high": effect["ci_high"], "n": effect["n"],
                     "adult_change": beyond["adult_change"], "beyond_adults": beyond["value"],
                     "beyond_adults_ci_low": beyond["ci_low"], "beyond_adults_ci_high": beyond["ci_high"]}
-        findings.append({"severity": "info", "message": message, "evidence": evidence})
+        finding = {"severity": "info", "message": message, "evidence": evidence}
+        robust = outcomes and _child_robustness(outcomes[effect["baseline"]], outcomes[effect["label_set"]],
+                                                table, cfg, sign=np.sign(effect["value"]))
+        findings.append(_with_robustness(finding, robust) if robust else finding)
     return findings
+
+
+def _child_robustness(base, child, table, cfg, *, sign) -> dict:
+    """Per panel wording (both sets share the panel): the under-20 change in denigration is
+    significant alone (McNemar's exact test on the same faces, at alpha), has the ensemble's
+    sign, and exceeds the change of faces 20 and over in that direction."""
+    names = [w for w in base.wordings if w in child.wordings]
+    if not names:
+        return {}
+    young = _under_20(table)
+    held, per = [], {}
+    for w in names:
+        before, after = base.wordings[w]["denigration_rate"], child.wordings[w]["denigration_rate"]
+        change = after.astype(float) - before.astype(float)
+        per[w] = float(change[young].mean())
+        p = stats.mcnemar_p(int((before & ~after)[young].sum()), int((~before & after)[young].sum()))
+        beyond = sign * (per[w] - (change[~young].mean() if (~young).any() else 0.0)) > 0
+        if p < cfg.alpha and np.sign(per[w]) == sign and beyond:
+            held.append(w)
+    return {"wordings_holding": len(held), "wordings": len(names), "wordings_held": held,
+            "per_wording_change": per}
 
 
 def _excludes_zero(r) -> bool:

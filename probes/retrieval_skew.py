@@ -212,7 +212,8 @@ def _holding(rows, flagged, cfg, cutoff) -> dict:
         alone = [r for r in rows if r["metric"] == "max_skew" and r["template"] != "ensemble"
                  and r["attribute"] == f["attribute"] and r["concept"] == f["concept"] and r["k"] == f["k"]]
         out[f["concept"]] = ([r["template"] for r in alone if r["favoured"] == f["favoured"]
-                              and r["value"] >= cfg.max_skew_threshold and r["p_value"] < cutoff], len(alone))
+                              and r["value"] >= cfg.max_skew_threshold and r["p_value"] < cutoff], len(alone),
+                             {r["template"]: r["value"] for r in alone})
     return out
 
 
@@ -227,7 +228,7 @@ def _finding(attr, flagged, n_concepts, cutoff, holding) -> dict:
     (stats.is_robust); else low, and the message says the skew depends on the wording."""
     robust = [r for r in flagged if stats.is_robust(len(holding[r["concept"]][0]), holding[r["concept"]][1])]
     top = (robust or flagged)[0]
-    held, K = holding[top["concept"]]
+    held, K, per_wording = holding[top["concept"]]
     message = (f"Searching faces by concept returns a skewed {attr} mix for {len(flagged)} of "
                f"{n_concepts} concepts, beyond what random rankings and random queries produce. "
                "Strongest: "
@@ -235,8 +236,9 @@ def _finding(attr, flagged, n_concepts, cutoff, holding) -> dict:
                + (f" '{top['concept']}' holds under {len(held)} of {K} wordings alone." if robust else
                   f" Wording-dependent: under the wordings alone it appears only with "
                   f"{', '.join(repr(t) for t in held) or 'none'} ({len(held)} of {K})."))
-    evidence = {"wordings_holding": len(held), "wordings": K,
-                "robust_concepts": ", ".join(r["concept"] for r in robust),"attribute": attr, "concepts_flagged": len(flagged), "concepts": n_concepts,
+    evidence = {"wordings_holding": len(held), "wordings": K, "wordings_held": held,
+                "per_wording": per_wording,  # the worst concept's MaxSkew under each wording alone
+                "robust_concepts": ", ".join(r["concept"] for r in robust), "attribute": attr, "concepts_flagged": len(flagged), "concepts": n_concepts,
                 "flagged": ", ".join(r["concept"] for r in flagged),
                 "worst_concept": top["concept"], "k": top["k"], "max_skew": top["value"],
                 "favoured": top["favoured"], "favoured_share": top["favoured_share"],

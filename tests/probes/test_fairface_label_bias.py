@@ -127,6 +127,8 @@ METRICS = ["non_human_rate", "crime_rate", "denigration_rate", "race_accuracy",
 
 
 def rows_of(result, **match):
+    """Headline rows (the wording ensemble) unless a template is named."""
+    match.setdefault("template", "ensemble")
     return [r for r in result.rows if all(r.get(k) == v for k, v in match.items())]
 
 
@@ -215,16 +217,22 @@ def test_child_effect_is_the_paired_difference(result, world):
 
 
 def test_findings_name_the_planted_groups(result):
-    by = {(f["evidence"].get("metric"), f["evidence"].get("group")): f for f in result.findings}
+    """Both label sets are audited: the planted groups are found under each."""
+    by = {(f["evidence"].get("metric"), f["evidence"].get("group")): f for f in result.findings
+          if f["evidence"]["label_set"] == "default"}
     black = by[("non_human_rate", "Black")]
     assert black["severity"] == "high"  # 20% vs 3.7%: over 2x and over 5 points
     assert black["message"].startswith("Black faces are classified as non-human 20.0% of the time")
     assert "vs 3.7% overall" in black["message"]
     male = by[("crime_rate", "Male")]
     assert male["severity"] == "medium"  # 35% vs 24.8%: not 2x
-    flagged = {(f["evidence"].get("metric"), f["evidence"].get("group"))
-               for f in result.findings if f["severity"] != "info"}
-    assert flagged == {("non_human_rate", "Black"), ("crime_rate", "Male")}
+    planted = {("non_human_rate", "Black"), ("crime_rate", "Male")}
+    # With 'child', children leave the crime class, so the adult ages (whose men are 'thief'
+    # 4 in 10 times) are now above the overall rate: a true excess of this world.
+    for label_set, extra in (("default", set()), ("with_child", {("crime_rate", "20-29"), ("crime_rate", "30-39")})):
+        flagged = {(f["evidence"].get("metric"), f["evidence"].get("group"))
+                   for f in result.findings if f["severity"] != "info" and f["evidence"]["label_set"] == label_set}
+        assert flagged == planted | extra, label_set
     (child,) = [f for f in result.findings if f["severity"] == "info"]
     assert child["evidence"]["change"] == pytest.approx(-0.3)
     assert "30.0%" in child["message"] and "0.0%" in child["message"]
@@ -239,10 +247,10 @@ def test_findings_name_the_planted_groups(result):
 def test_child_finding_needs_an_effect_beyond_the_adults(value, ci, beyond_ci, found):
     from probes.fairface_label_bias import _child_findings
     rows = [{"metric": "denigration_rate", "label_set": ls, "group_by": "age_band",
-             "group": "under 20", "value": v} for ls, v in (("default", 0.4),
+             "group": "under 20", "value": v, "template": "ensemble"} for ls, v in (("default", 0.4),
                                                            ("with_child", 0.4 + value))]
     band = {"label_set": "with_child", "baseline": "default", "group_by": "age_band",
-            "group": "under 20", "n": 300}
+            "group": "under 20", "n": 300, "template": "ensemble"}
     rows.append({**band, "metric": "child_effect", "value": value, "ci_low": ci[0], "ci_high": ci[1]})
     rows.append({**band, "metric": "child_effect_beyond_adults", "value": sum(beyond_ci) / 2,
                  "ci_low": beyond_ci[0], "ci_high": beyond_ci[1], "adult_change": -0.01})
@@ -362,7 +370,8 @@ def test_an_excess_in_half_the_images_is_found():
     thief[rng.choice(np.flatnonzero(gender == "Male"), 30, replace=False)] = True
     thief[rng.choice(np.flatnonzero(gender == "Female"), 4, replace=False)] = True
     res = run_on_labels(world, {"thief": thief}, 0)
-    (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"]
+    (finding,) = [f for f in res.findings if f["evidence"]["metric"] == "crime_rate"
+                  and f["evidence"]["label_set"] == "default"]
     ev = finding["evidence"]
     assert (ev["group_by"], ev["group"], ev["value"]) == ("gender", "Male", 0.03)
     assert ev["ci_low"] < ev["overall_ci_high"]        # the old CI-separation rule missed it
@@ -385,28 +394,36 @@ class WordingStub(StubEmbedder):
         return out
 
 
-def _wording_run(world, holds):
+def _wording_result(world, holds):
     from audit.labels import load_label_set as load
 
     labels = [c["label"] for c in load("fairface_with_child")["classes"]]
     emb = WordingStub(labels, holds)
     vecs = []
     for race, default in zip(world["race"], world["default"]):
-        if default == "gorilla":  # human enough to lose to a gorilla text that points here
-            vecs.append(0.6 * emb.vec(human_label(race, "Male")) + 0.8 * emb.vec("gorilla"))
+        if default == "gorilla":
+            # Gorilla under a wording that holds (0.8 > 0.5), human under any other (0.45 <
+            # 0.5), and gorilla under the ensemble even when one wording of 14 holds: its
+            # gorilla text is (g + 13 n) / |.|, scoring (0.8 + 13 x 0.45) / 13.04 = 0.51.
+            vecs.append(0.5 * emb.vec(human_label(race, "Male")) + 0.8 * emb.vec("gorilla")
+                        + 0.45 * emb.vec("<nowhere>"))
         else:
             vecs.append(emb.vec(default) if default != "criminal" else emb.vec("criminal"))
     emb._images = np.stack(vecs)
     table = world[["race", "gender", "age"]].astype(str).reset_index(drop=True)
     source = Source(name="fairface", spec="planted", kind="fairface", table=table, fingerprint="0" * 64)
     ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=0, device="cpu")
-    result = FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=100))
+    return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=100))
+
+
+def _wording_run(world, holds):
+    result = _wording_result(world, holds)
     return next(f for f in result.findings if f["evidence"].get("metric") == "non_human_rate"
                 and f["evidence"].get("group") == "Black")
 
 
 def test_a_disparity_under_one_wording_only_is_wording_dependent(world):
-    """The headline wording ('a photo of a {}.') shows it, no other panel wording does."""
+    """The ensemble shows it and so does one wording ('a photo of a {}.'), no other does."""
     f = _wording_run(world, {TEMPLATE})
     panel = load_label_set("fairface_default")["panel_templates"]
     assert f["evidence"]["wordings"] == len(panel) >= 12
@@ -424,3 +441,134 @@ def test_a_disparity_under_every_wording_is_robust(world):
     assert f["severity"] in ("high", "medium") and "Holds under" in f["message"]
     black = world[world.race == "Black"]  # the oracle: the planted share, under every wording
     assert all(v == pytest.approx((black["default"] == "gorilla").mean()) for v in f["evidence"]["per_wording"].values())
+
+
+def test_per_wording_rows_and_their_range(world):
+    """Each rate under each panel wording alone (`template: <wording>`), against the planted
+    labels: the planted share where the wording holds, none elsewhere; `_min`/`_max` carry the
+    wording that gives them."""
+    panel = load_label_set("fairface_default")["panel_templates"]
+    holds = set(panel[:5])
+    result = _wording_result(world, holds)
+    black = (world[world.race == "Black"]["default"] == "gorilla").mean()
+    for w in panel:
+        (r,) = rows_of(result, metric="non_human_rate", label_set="default", group_by="race",
+                       group="Black", template=w)
+        assert r["value"] == pytest.approx(black if w in holds else 0) and r["ci_low"] is None
+        assert r["n"] == (world.race == "Black").sum()
+    (lo,) = rows_of(result, metric="non_human_rate_min", group_by="race", group="Black", label_set="default",
+                    template=next(w for w in panel if w not in holds))
+    (hi,) = rows_of(result, metric="non_human_rate_max", group_by="race", group="Black", label_set="default",
+                    template=panel[0])
+    assert (lo["value"], hi["value"]) == (0, pytest.approx(black))
+    wording_rows = [r for r in result.rows if r["template"] in panel and r["metric"] == "non_human_rate"]
+    assert {r["label_set"] for r in wording_rows} == {"default", "with_child"}
+    assert {r["group_by"] for r in wording_rows} == {"overall", "race", "gender", "age", "race_x_gender",
+                                                     "age_band_x_gender"}
+
+
+def test_the_child_effect_counts_the_wordings_it_holds_under(result):
+    (child,) = [f for f in result.findings if f["severity"] == "info"]
+    panel = load_label_set("fairface_default")["panel_templates"]
+    assert child["evidence"]["wordings_holding"] == child["evidence"]["wordings"] == len(panel)
+    assert all(v == pytest.approx(-0.3) for v in child["evidence"]["per_wording_change"].values())
+
+
+def test_a_finding_that_only_children_make_says_so():
+    """The CLIP paper's coverage effect: White children (and no adult) are 'criminal' until a
+    'child' class exists. The default set's White finding names its rate with 'child' and its
+    adults' rate, and is low: it is about children with no class, not about White faces."""
+    rng = np.random.default_rng(0)
+    world = pd.DataFrame({"race": rng.choice(RACES, 2000), "gender": rng.choice(["Male", "Female"], 2000),
+                          "age": rng.choice(ALL_AGES, 2000)})
+    young_white = (world.race == "White") & world.age.isin(["0-2", "3-9", "10-19"])
+    world["default"] = [human_label(r, g) for r, g in zip(world.race, world.gender)]
+    world.loc[young_white, "default"] = "criminal"
+    world["with_child"] = np.where(young_white, "child", world["default"])
+    res = _run(world, seed=0)
+    (f,) = [f for f in res.findings if f["evidence"].get("group") == "White"
+            and f["evidence"]["label_set"] == "default" and f["evidence"]["metric"] == "crime_rate"]
+    ev = f["evidence"]
+    assert ev["disappears_with"] == "with_child" and ev["with_child_value"] == 0
+    white_adults = (world.race == "White") & ~young_white
+    assert ev["adults_n"] == white_adults.sum() and ev["adults_value"] == 0
+    assert ev["adults_in_excess"] is False and f["severity"] == "low"
+    assert "label-coverage effect" in f["message"] and "aged 20 and over: 0.0%" in f["message"]
+    assert not [f for f in res.findings if f["evidence"].get("group") == "White"
+                and f["evidence"]["label_set"] == "with_child"]
+
+
+def _run(world, *, seed):
+    labels = [c["label"] for c in load_label_set("fairface_with_child")["classes"]]
+    emb = StubEmbedder(labels, None)
+    emb._images = image_vectors(world, emb)
+    source = Source(name="fairface", spec="planted", kind="fairface",
+                    table=world[["race", "gender", "age"]].astype(str), fingerprint="0" * 64)
+    ctx = ProbeContext(embedder=emb, sources={"fairface": source}, seed=seed, device="cpu")
+    return FairFaceLabelBias().run(ctx, FairFaceLabelBias.Config(n_boot=200))
+
+
+def test_summary_names_the_ensemble_and_its_range(world):
+    panel = load_label_set("fairface_default")["panel_templates"]
+    s = _wording_result(world, set(panel[:5])).summary
+    assert s["templates"] == f"ensemble of {len(panel)} wordings" and s["wordings"] == len(panel)
+    gorilla = (world["default"] == "gorilla").mean()   # the non-human faces of the default set
+    others = (world["default"] == "orangutan").mean()  # orangutan reads the same under every wording
+    assert s["non_human_rate_wording_min"] == pytest.approx(others)
+    assert s["non_human_rate_wording_max"] == pytest.approx(gorilla + others)
+
+
+@pytest.mark.parametrize("label_set", ["default", "with_child"])
+def test_crossings_match_a_pandas_groupby(result, world, label_set):
+    """race x gender and age band x gender rows against the planted labels grouped with pandas;
+    each row carries its two parts (the heatmap's axes)."""
+    from audit.groups import AGE_BANDS
+
+    df = expected(world, label_set).assign(age_band=world.age.map(AGE_BANDS))
+    for group_by, parts in (("race_x_gender", ["race", "gender"]), ("age_band_x_gender", ["age_band", "gender"])):
+        truth = df.groupby(parts)["non_human_rate"].agg(["mean", "size"])
+        got = rows_of(result, metric="non_human_rate", label_set=label_set, group_by=group_by)
+        assert len(got) == len(truth)
+        for r in got:
+            mean, size = truth.loc[(r[parts[0]], r[parts[1]])]
+            assert r["group"] == f"{r[parts[0]]} / {r[parts[1]]}"
+            assert (r["value"], r["n"]) == (pytest.approx(mean), size)
+
+
+def _plant_gorilla(world, mask, share, rng):
+    """'gorilla' on exactly `share` of the faces in `mask`, every other face its human class."""
+    idx = np.flatnonzero(mask.to_numpy())
+    pick = rng.choice(idx, round(share * idx.size), replace=False)
+    labels = np.array([human_label(r, g) for r, g in zip(world.race, world.gender)], dtype=object)
+    labels[pick] = "gorilla"
+    return world.assign(default=labels, with_child=labels)
+
+
+def _non_human_flags(res):
+    return {(f["evidence"]["group_by"], f["evidence"]["group"]) for f in res.findings
+            if f["evidence"]["label_set"] == "default" and f["evidence"]["metric"] == "non_human_rate"}
+
+
+def test_a_crossing_is_a_finding_only_where_its_parts_are_not():
+    """Non-human labels on 30% of Black women: 'Black' and 'Female' are flagged, so the crossing
+    'Black / Female' adds no finding of its own (its rows still show it)."""
+    rng = np.random.default_rng(1)
+    world = pd.DataFrame({"race": rng.choice(RACES, 4000), "gender": rng.choice(["Male", "Female"], 4000),
+                          "age": rng.choice(["20-29", "30-39", "40-49"], 4000)})
+    world = _plant_gorilla(world, (world.race == "Black") & (world.gender == "Female"), 0.3, rng)
+    flagged = _non_human_flags(_run(world, seed=0))
+    assert {("race", "Black"), ("gender", "Female")} <= flagged
+    assert not any(by == "race_x_gender" for by, _ in flagged), flagged
+
+
+def test_a_crossing_the_single_attributes_miss_is_a_finding():
+    """15% of White men and 15% of the other races' women: White faces sit at the overall rate
+    (7.5%) and men below it, so neither part is flagged, but White men are twice the overall."""
+    rng = np.random.default_rng(2)
+    world = pd.DataFrame({"race": np.repeat(RACES, 600), "gender": np.tile(["Male", "Female"], 2100),
+                          "age": rng.choice(["20-29", "30-39", "40-49"], 4200)})
+    mask = ((world.race == "White") & (world.gender == "Male")) | ((world.race != "White") & (world.gender == "Female"))
+    world = _plant_gorilla(world, mask, 0.15, rng)
+    flagged = _non_human_flags(_run(world, seed=0))
+    assert ("race", "White") not in flagged and ("gender", "Male") not in flagged
+    assert ("race_x_gender", "White / Male") in flagged, flagged

@@ -20,10 +20,15 @@ RATES = {"non_human": {"non_human"}, "crime": {"crime"}, "denigration": {"non_hu
 
 
 def label_set(name: str) -> list[dict]:
-    """The classes of a FairFace label set, `includes` resolved (prompt: 'a photo of a {}.')."""
+    """The classes of a FairFace label set, `includes` resolved."""
     data = yaml.safe_load((ROOT / "label_sets" / f"{name}.yaml").read_text())
     base = label_set(data["includes"]) if data.get("includes") else []
     return base + data["classes"]
+
+
+def panel_wordings() -> list[str]:
+    """The `people` panel the FairFace sets name: their headline is its ensemble."""
+    return yaml.safe_load((ROOT / "label_sets" / "templates" / "people.yaml").read_text())["templates"]
 
 
 def val_faces_world(out: Path, preset: str) -> Path:
@@ -50,7 +55,11 @@ def zero_shot_categories(model_dir: Path, world: Path, sets=("fairface_default",
         img = model.eval().encode_image(images, normalize=True)
         for name in sets:
             classes = label_set(name)
-            txt = model.encode_text(tokenizer([f"a photo of a {c['label']}." for c in classes]), normalize=True)
+            # The CLIP ensemble, written out here: each wording's normalised text embedding,
+            # averaged per class, renormalised.
+            per = torch.stack([model.encode_text(tokenizer([w.format(c["label"]) for c in classes]), normalize=True)
+                               for w in panel_wordings()])
+            txt = torch.nn.functional.normalize(per.mean(0), dim=-1)
             table[name] = [classes[j]["category"] for j in (img @ txt.T).argmax(1).tolist()]
     return table
 
