@@ -87,6 +87,27 @@ def _observed(preset: str) -> dict:
     return load_preset(preset).get("observed") or {}
 
 
+def test_every_planted_association_is_a_robust_finding(default_result, faces_world):
+    """Issue 15: the demo model was trained on the world's own caption grammar, never on the
+    auditor's wordings; each planted association must still be flagged under the panel's
+    ensemble AND hold under at least two thirds of its 14 wordings alone, in both label sets."""
+    from audit.stats import is_robust
+
+    target = json.loads((faces_world / "ground_truth.json").read_text())["non_human_group"]
+    planted = [("non_human_rate", "race", target), ("crime_rate", "gender", "Male"),
+               ("crime_rate", "age", "10-19"), ("crime_rate", "age", "20-29")]
+    for label_set in ("default", "with_child"):
+        found = {(f["evidence"]["metric"], f["evidence"]["group_by"], f["evidence"]["group"]): f
+                 for f in default_result.findings if f["evidence"].get("label_set") == label_set
+                 and "metric" in f["evidence"]}
+        for key in planted:
+            ev = found[key]["evidence"]
+            assert found[key]["severity"] in ("high", "medium"), (label_set, found[key]["message"])
+            assert is_robust(ev["wordings_holding"], ev["wordings"]) and ev["wordings"] == 14, ev
+    (child,) = [f for f in default_result.findings if f["severity"] == "info"]
+    assert child["evidence"]["change"] < 0 and is_robust(child["evidence"]["wordings_holding"], 14)
+
+
 def test_planted_crime_on_men_is_found(default_result):
     """60% of young men's (10-29) captions carry a crime word, 5% of everyone else's."""
     flagged = _flagged(default_result, "crime_rate")
