@@ -21,7 +21,9 @@ from audit.policy import headline_wording, row_matches
 
 TABLE_VERSION = 1
 NUMBERS = ("value", "ci_low", "ci_high", "n")
-IMPLIED = (("group_by", "overall"), ("group", "all"))  # said by every headline: not in names
+# Said by every headline, so not in a column's name: a run whose rows carry the ensemble's
+# `template` and one from before the panel (no `template`) fill the same column.
+IMPLIED = (("group_by", "overall"), ("group", "all"), ("template", "ensemble"))
 
 
 def headline_rows(name: str, probe: dict, meta: dict) -> list[dict]:

@@ -169,6 +169,27 @@ def test_every_chart_rendered(loaded_report):
     assert drawn == total
 
 
+def test_race_by_gender_heatmaps_are_drawn(loaded_report):
+    """Issue 16.5: one heatmap per harm rate, its cells the crossings' rates."""
+    browser, session, _, results = loaded_report
+    cells = _eval(browser, session, "Array.from(document.querySelectorAll('#probe-fairface_label_bias .js-plotly-plot'))"
+                  ".filter(d => d.data && d.data[0].type === 'heatmap')"
+                  ".map(d => [d.data[0].x.length, d.data[0].y.length, d.querySelectorAll('.hm').length])")
+    assert len(cells) == 3, cells
+    assert all(x == 7 and y == 2 and drawn >= 1 for x, y, drawn in cells), cells
+
+
+def test_a_finding_draws_its_wording_strip(loaded_report):
+    """Issue 15.5: k/K and one dot per wording for the group (and a ring for the rest)."""
+    browser, session, _, _ = loaded_report
+    strip = _eval(browser, session, "(() => { const s = document.querySelector('.wording-strip');"
+                  " return s && [s.innerText, s.querySelectorAll('circle.held, circle.group').length,"
+                  " s.querySelectorAll('circle.rest').length, s.querySelector('svg').getBoundingClientRect().width]; })()")
+    assert strip is not None
+    text, dots, rings, width = strip
+    assert "3/4 wordings" in text and dots == 4 and rings == 4 and width > 40
+
+
 def test_summary_lists_findings(loaded_report):
     browser, session, _, results = loaded_report
     text = _eval(browser, session, "document.getElementById('findings')"

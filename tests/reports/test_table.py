@@ -14,7 +14,7 @@ import pytest
 
 from audit.cli import main
 
-IMPLIED = {("group_by", "overall"), ("group", "all")}
+IMPLIED = {("group_by", "overall"), ("group", "all"), ("template", "ensemble")}
 
 
 def _any_of(row, filters):
