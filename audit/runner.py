@@ -74,7 +74,7 @@ class ProbeContext:
 
 def run(opts: RunOptions) -> dict:
     """The whole audit; returns the results dict after writing results.json and report.html."""
-    from audit import distributed, embed, models, outcomes
+    from audit import distributed, embed, models, outcomes, thumbnails
     from audit.settings import probe_configs
 
     started, clock = _now(), {}
@@ -105,7 +105,7 @@ def run(opts: RunOptions) -> dict:
     try:
         with _phase(clock, "report"):
             examples = {name: r.examples for name, r in ran.items()}
-            shown = thumbnails(examples, sources) if opts.include_examples else {}
+            shown = thumbnails.for_report(examples, sources) if opts.include_examples else {}
             per_image = outcomes.collect(ran, probe_results, sources)
             return finish(results, opts, user_errors, examples=shown, gating=gating,
                           per_image=per_image)
@@ -143,15 +143,6 @@ def run_probes(ctx: ProbeContext, configs: dict):
         # read titles, units and directions from here, never from a table of built-ins.
         out[name] = {**result.to_json(), "meta": probe_meta(cls)}
     return out, user_errors, ran
-
-
-def thumbnails(examples: dict, sources: dict, *, per_probe: int = 24) -> dict:
-    """{probe: [{"thumbnail": data URI, "caption"}]} for the report alone, never results.json."""
-    from reports.render import thumbnail
-
-    return {name: [{"thumbnail": thumbnail(sources[e["source"]].image(e["row"])), "caption": e["caption"]}
-                   for e in items[:per_probe]]
-            for name, items in examples.items() if items}
 
 
 def _run_one(cls, ctx, cfg, user_errors):

@@ -210,21 +210,6 @@ def load_reference() -> dict:
     return json.loads((HERE / "reference.json").read_text(encoding="utf-8"))
 
 
-def thumbnail(image, *, size: int = 96, quality: int = 80) -> str:
-    """A PIL image -> small JPEG data: URI for `probes.<name>.examples[].thumbnail`.
-
-    For the runner, and only when the user asked for --include-examples: faces are personal
-    data, so neither results.json nor the report carries any by default.
-    """
-    import io
-
-    img = image.convert("RGB")
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _sections(results: dict, include_examples: bool) -> list[dict]:
     out = []
     for name, probe in (results.get("probes") or {}).items():

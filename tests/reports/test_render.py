@@ -178,7 +178,7 @@ def test_examples_only_on_request(results, tmp_path):
 def test_thumbnail_is_a_small_inline_jpeg_the_report_accepts(results, tmp_path):
     from PIL import Image
 
-    from reports.render import thumbnail
+    from audit.thumbnails import thumbnail
 
     uri = thumbnail(Image.new("RGB", (640, 480), (200, 10, 10)))
     raw = base64.b64decode(uri.split(",", 1)[1])
