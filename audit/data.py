@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from audit.errors import UserError
+from audit.world import layout
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ REQUIRED = {"fairface": ("race", "gender", "age"), "celebrity": ("name",),
             "classify": ("label",), "pairs": ("caption",), "any": ()}
 FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image")
 FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv")
-WORLD_ROLES = {"fairface": "faces", "celebrity": "identities", "classify": "objects/clean",
-               "pairs": "train/captions.csv"}
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?(@[\w.\[\]:%+-]+)?$")
 FAIRFACE_VALUES = {  # FairFace's own strings (its release CSV and the Hub's ClassLabel names)
     "race": ("East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"),
@@ -135,8 +134,8 @@ def load_source(spec: str, kind: str = "any", *, name: str | None = None, progre
 
 def _read_any(spec: str, kind: str):
     path = Path(spec)
-    if path.is_dir() and (path / "ground_truth.json").is_file() and kind in WORLD_ROLES:
-        return _read_any(str(path / WORLD_ROLES[kind]), kind)
+    if layout.is_world(path) and layout.kind_path(path, kind):  # a world folder, read by role
+        return _read_any(str(layout.kind_path(path, kind)), kind)
     if path.is_dir():
         return _read_dir(path, spec)
     if path.is_file():

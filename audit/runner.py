@@ -265,17 +265,15 @@ def resolve_sources(opts: RunOptions) -> dict:
 
 
 def world_sources(world: Path, *, progress: bool, max_skip: float) -> dict:
-    """The synthetic world's folders by role: faces, identities, objects and their renditions."""
+    """The synthetic world's sources by role (which folder is which: audit.world.layout)."""
     from audit.data import load_source
+    from audit.world import layout
 
-    sources = {"fairface": load_source(str(world), "fairface", progress=progress),
-               "celebrity": load_source(str(world), "celebrity", progress=progress)}
-    distractors = world / "identities" / "distractors.txt"
-    if distractors.is_file():
+    sources = {role: load_source(spec, kind, name=role, progress=progress)
+               for role, (spec, kind) in layout.source_specs(world).items()}
+    distractors = layout.distractors(world)
+    if distractors:
         sources["celebrity"].attrs["distractors_file"] = str(distractors)
-    for split in sorted(p.name for p in (world / "objects").iterdir() if p.is_dir()):
-        role = "classify:objects" if split == "clean" else f"shift:{split}"
-        sources[role] = load_source(str(world / "objects" / split), "classify", name=role, progress=progress)
     check_skips(sources, max_skip)
     return sources
 
@@ -291,67 +289,16 @@ def check_skips(sources: dict, max_share: float) -> None:
 
 
 def ensure_world(opts: RunOptions) -> Path:
-    """A world folder: the one given, or the preset generated once into the cache and reused."""
+    """A world folder: the one given, or the preset generated once into the cache and reused
+    (the demo-null model is audited on the null world it was trained on)."""
     from audit import embed
+    from audit.world import layout
 
     choice = opts.world or ("null" if opts.model == "demo-null" else "default")
     if Path(choice).is_dir():
         return Path(choice)
-    key = f"{choice}-seed{opts.seed}-{world_version(choice)[:12]}"
-    root = (opts.cache_dir or embed.default_cache_dir()) / "worlds" / key
-    if (root / "ground_truth.json").is_file():
-        return root
-    return _generate_world(choice, root, seed=opts.seed, progress=opts.progress)
-
-
-def world_version(preset: str) -> str:
-    """A hash of the resolved preset and of the code that draws worlds: a cached world is
-    reused only while both are unchanged (a new release that draws faces differently, or an
-    edited preset, generates afresh instead of auditing a stale world)."""
-    import json
-    from importlib import resources
-
-    from audit.data import hash_strings
-    from audit.world.generate import load_preset
-
-    code = sorted(resources.files("audit.world").iterdir(), key=lambda p: p.name)
-    return hash_strings([json.dumps(load_preset(preset), sort_keys=True),
-                         *(p.read_text() for p in code if p.name.endswith(".py"))])
-
-
-def _generate_world(preset: str, root: Path, *, seed: int, progress: bool) -> Path:
-    import shutil
-    import tempfile
-
-    from audit.world.generate import generate_world
-
-    log.info("generating the %r synthetic world (seed %d) into %s", preset, seed, root)
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-    except OSError as e:  # an unwritable cache costs the reuse, not the run
-        return _generate_world_uncached(preset, seed=seed, progress=progress, why=e)
-    try:
-        generate_world(tmp, preset=preset, seed=seed, progress=progress, with_train=False)
-        tmp.rename(root)  # atomic: a half-generated world is never mistaken for a whole one
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return root
-
-
-def _generate_world_uncached(preset: str, *, seed: int, progress: bool, why: OSError) -> Path:
-    import atexit
-    import shutil
-    import tempfile
-
-    from audit.world.generate import generate_world
-
-    tmp = Path(tempfile.mkdtemp(prefix="clip-audit-world-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    log.warning("the cache cannot hold the synthetic world (%s); generating it for this run only", why.strerror or why)
-    generate_world(tmp, preset=preset, seed=seed, progress=progress, with_train=False)
-    return tmp
+    return layout.cached_world(choice, seed=opts.seed, progress=opts.progress,
+                               cache_dir=opts.cache_dir or embed.default_cache_dir())
 
 
 def _short_name(spec: str) -> str:

@@ -1,4 +1,4 @@
-"""Write a synthetic audit world to disk (layout: docs/INTERNALS.md, "The synthetic world on disk").
+"""Write a synthetic audit world to disk (where each file goes: audit/world/layout.py).
 
 Every image is drawn from its own seeded generator (seed, stream, index), so the same preset and
 seed give byte-identical files, in any order and with any number of worker processes.
@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UserError
-from audit.world import captions, faces, identities, objects
+from audit.world import captions, faces, identities, layout, objects
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
-WORLD_ENTRIES = ("preset.json", "ground_truth.json", "faces", "faces_hf", "train", "identities", "objects")
 SCALED = ("val_faces", "train_faces", "identities", "object_val_images", "object_train_images")
 # One random stream per purpose, so changing one size never reshuffles the others.
 STREAM = {"val_attrs": 1, "val_faces": 2, "train_attrs": 3, "train_faces": 4, "names": 5, "signatures": 6,
@@ -181,8 +180,8 @@ def generate_world(out: Path, *, preset: str | Path | dict = "default", seed: in
         people = _write_identities(ctx)
         _write_objects(ctx)
         train = _write_train(ctx, people)
-    _write_json(out / "preset.json", {**cfg, "seed": int(seed)})  # what regenerates this world
-    _write_json(out / "ground_truth.json", _ground_truth(ctx, people, train))
+    _write_json(out / layout.PRESET, {**cfg, "seed": int(seed)})  # what regenerates this world
+    _write_json(out / layout.GROUND_TRUTH, _ground_truth(ctx, people, train))
     log.info("wrote the %s world (seed %d) to %s", cfg.get("name", "custom"), seed, out)
     return out
 
@@ -198,9 +197,9 @@ def _prepare_out(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "preset.json").is_file():
+        if not (out / layout.PRESET).is_file():
             raise UserError(f"{out}: not empty and not a world directory; choose an empty --out")
-        for entry in WORLD_ENTRIES:
+        for entry in layout.ENTRIES:
             path = out / entry
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,12 +278,13 @@ def _write_val_faces(ctx: dict) -> None:
     service = rng.random(n) < float(ctx["cfg"].get("service_test_rate", 0.5))
     jobs = [("face", seed, STREAM["val_faces"], i, (p["race"], p["gender"], p["age"]), _draw_cfg(ctx["cfg"]))
             for i, p in enumerate(people)]
-    paths = [out / "faces" / "val" / f"{i + 1}.jpg" for i in range(n)]
+    faces_dir = out / layout.FACES
+    paths = [faces_dir / layout.FACES_IMAGES / f"{i + 1}.jpg" for i in range(n)]
     _render_all(ctx, jobs, paths, "validation faces")
-    table = pd.DataFrame({"file": [f"val/{i + 1}.jpg" for i in range(n)],
+    table = pd.DataFrame({"file": [f"{layout.FACES_IMAGES}/{i + 1}.jpg" for i in range(n)],
                           "age": [p["age"] for p in people], "gender": [p["gender"] for p in people],
                           "race": [p["race"] for p in people], "service_test": [bool(s) for s in service]})
-    table.to_csv(out / "faces" / "fairface_label_val.csv", index=False)
+    table.to_csv(faces_dir / layout.FACES_TABLE, index=False)
     _write_faces_hf(out, table)
 
 
@@ -299,13 +299,13 @@ def _write_faces_hf(out: Path, table: pd.DataFrame) -> None:
         "race": datasets.ClassLabel(names=list(faces.RACES)),
         "service_test": datasets.Value("bool"),
     })
-    data = {"image": [{"bytes": (out / "faces" / f).read_bytes(), "path": None} for f in table["file"]],
+    data = {"image": [{"bytes": (out / layout.FACES / f).read_bytes(), "path": None} for f in table["file"]],
             **{c: table[c].tolist() for c in ("age", "gender", "race", "service_test")}}
     ds = datasets.Dataset.from_dict(data, features=features)
     was_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        ds.save_to_disk(str(out / "faces_hf"))
+        ds.save_to_disk(str(out / layout.FACES_HF))
     finally:
         if was_on:
             datasets.enable_progress_bars()
@@ -323,12 +323,13 @@ def _write_identities(ctx: dict) -> dict:
     except ValueError as exc:
         raise UserError(f"preset sizes.identities: {exc}") from None
     fame = identities.make_fame(faces.image_rng(seed, STREAM["fame"], 0), n, lo=cfg["fame"]["min"], hi=cfg["fame"]["max"])
-    files = [f"images/{i + 1:04d}_{j + 1}.jpg" for i in range(n) for j in range(k)]
+    files = [f"{layout.IMAGES}/{i + 1:04d}_{j + 1}.jpg" for i in range(n) for j in range(k)]
     jobs = [("identity", seed, STREAM["identity_val"], i * k + j, sigs[i], _draw_cfg(cfg)) for i in range(n) for j in range(k)]
-    _render_all(ctx, jobs, [out / "identities" / f for f in files], "identities")
+    folder = out / layout.IDENTITIES
+    _render_all(ctx, jobs, [folder / f for f in files], "identities")
     pd.DataFrame({"file_name": files, "name": [names[i] for i in range(n) for _ in range(k)],
-                  "fame": [fame[i] for i in range(n) for _ in range(k)]}).to_csv(out / "identities" / "metadata.csv", index=False)
-    (out / "identities" / "distractors.txt").write_text("".join(f"{d}\n" for d in distractors))
+                  "fame": [fame[i] for i in range(n) for _ in range(k)]}).to_csv(folder / layout.TABLE, index=False)
+    (folder / layout.DISTRACTORS).write_text("".join(f"{d}\n" for d in distractors))
     return {"names": names, "signatures": sigs, "fame": fame, "distractors": distractors}
 
 
@@ -347,11 +348,12 @@ def _write_objects(ctx: dict) -> None:
     labels, per = objects.class_labels(cfg["objects"]), ctx["sizes"]["object_val_images"]
     for split in objects.SPLITS:
         items = [(label, j) for label in labels for j in range(per)]
-        files = [f"images/{label.replace(' ', '_')}_{j + 1:03d}.jpg" for label, j in items]
+        files = [f"{layout.IMAGES}/{label.replace(' ', '_')}_{j + 1:03d}.jpg" for label, j in items]
         jobs = [("object", seed, STREAM[split], i, (label, split), _draw_cfg(cfg)) for i, (label, _) in enumerate(items)]
-        _render_all(ctx, jobs, [out / "objects" / split / f for f in files], f"objects ({split})")
+        folder = out / layout.OBJECTS / split
+        _render_all(ctx, jobs, [folder / f for f in files], f"objects ({split})")
         pd.DataFrame({"file_name": files, "label": [label for label, _ in items]}).to_csv(
-            out / "objects" / split / "metadata.csv", index=False)
+            folder / layout.TABLE, index=False)
 
 
 # ---- training pairs ---------------------------------------------------------------------
@@ -364,15 +366,16 @@ def _write_train(ctx: dict, people: dict) -> dict:
     carried = captions.draw_planted(faces.image_rng(seed, STREAM["planted"], 0), train_faces, cfg["planted"])
     rows, jobs = [], []
     for i, (face, cats) in enumerate(zip(train_faces, carried)):
-        rows.append((f"images/face_{i + 1:05d}.jpg", captions.face_caption(crng, face, cats, preset=cfg)))
+        rows.append((f"{layout.IMAGES}/face_{i + 1:05d}.jpg", captions.face_caption(crng, face, cats, preset=cfg)))
         jobs.append(("face", seed, STREAM["train_faces"], i, (face["race"], face["gender"], face["age"]), _draw_cfg(cfg)))
     _add_identity_pairs(ctx, people, crng, rows, jobs)
     _add_object_pairs(ctx, crng, rows, jobs)
     if not ctx["with_train"]:  # the captions and planted draws still make ground_truth.json
         return {"faces": train_faces, "carried": carried, "pairs": len(rows)}
-    _render_all(ctx, jobs, [out / "train" / f for f, _ in rows], "training pairs")
+    _render_all(ctx, jobs, [out / layout.TRAIN / f for f, _ in rows], "training pairs")
     order = faces.image_rng(seed, STREAM["shuffle"], 0).permutation(len(rows))
-    pd.DataFrame([rows[i] for i in order], columns=["filepath", "caption"]).to_csv(out / "train" / "captions.csv", index=False)
+    pd.DataFrame([rows[i] for i in order], columns=["filepath", "caption"]).to_csv(
+        out / layout.TRAIN / layout.CAPTIONS, index=False)
     _write_train_attributes(out, rows, train_faces, carried)
     return {"faces": train_faces, "carried": carried, "pairs": len(rows)}
 
@@ -391,7 +394,7 @@ def _write_train_attributes(out: Path, rows: list, train_faces: list[dict], carr
                           "gender": [f["gender"] for f in train_faces] + [""] * (len(rows) - n),
                           "age": [f["age"] for f in train_faces] + [""] * (len(rows) - n),
                           "planted": [";".join(c) for c in carried] + [""] * (len(rows) - n)})
-    table.to_csv(out / "train" / "attributes.csv", index=False)
+    table.to_csv(out / layout.TRAIN / layout.ATTRIBUTES, index=False)
 
 
 def _add_identity_pairs(ctx: dict, people: dict, crng, rows: list, jobs: list) -> None:
@@ -400,7 +403,7 @@ def _add_identity_pairs(ctx: dict, people: dict, crng, rows: list, jobs: list) -
     for i, (name, fame) in enumerate(zip(people["names"], people["fame"])):
         for _ in range(fame):
             k += 1
-            rows.append((f"images/person_{k:05d}.jpg", captions.named_caption(crng, name, preset=cfg)))
+            rows.append((f"{layout.IMAGES}/person_{k:05d}.jpg", captions.named_caption(crng, name, preset=cfg)))
             jobs.append(("identity", seed, STREAM["identity_train"], k, people["signatures"][i], _draw_cfg(cfg)))
 
 
@@ -410,7 +413,7 @@ def _add_object_pairs(ctx: dict, crng, rows: list, jobs: list) -> None:
     for label in objects.class_labels(cfg["objects"]):
         for _ in range(ctx["sizes"]["object_train_images"]):
             k += 1
-            rows.append((f"images/object_{k:05d}.jpg", captions.object_caption(crng, label, preset=cfg)))
+            rows.append((f"{layout.IMAGES}/object_{k:05d}.jpg", captions.object_caption(crng, label, preset=cfg)))
             jobs.append(("object", seed, STREAM["object_train"], k, (label, "clean"), _draw_cfg(cfg)))
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from audit.errors import UserError
+from audit.world import layout
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ def build_model(name: str, cfg: dict, device: str):
 def captions_csv(data: str) -> Path | None:
     """The CSV behind a data spec: a world folder's train/captions.csv or a .csv file; else None."""
     p = Path(data)
-    if p.is_dir() and (p / "train" / "captions.csv").is_file():
-        return p / "train" / "captions.csv"
+    captions = layout.kind_path(p, "pairs")
+    if p.is_dir() and captions.is_file():
+        return captions
     if p.suffix == ".csv":
         if not p.is_file():
             raise UserError(f"{data}: no such file")
@@ -159,7 +161,7 @@ def export_open_clip_csv(world_dir: Path, out_csv: Path) -> Path:
     """A copy of DIR/train/captions.csv with absolute image paths, for open_clip_train.main."""
     src = captions_csv(str(world_dir))
     if src is None:
-        raise UserError(f"{world_dir}: no train/captions.csv")
+        raise UserError(f"{world_dir}: no {layout.KIND_PATHS['pairs']}")
     pairs = CsvPairs(src)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +253,7 @@ def save_checkpoint(out: Path, *, model, opt, epoch: int, config: dict, losses: 
 
 def _world_info(data: str) -> dict:
     """Preset name and seed of a world folder (from DIR/ground_truth.json), for training.json."""
-    p = Path(data) / "ground_truth.json"
+    p = Path(data) / layout.GROUND_TRUTH
     if not p.is_file():
         return {}
     truth = json.loads(p.read_text())

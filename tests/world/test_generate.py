@@ -343,12 +343,13 @@ def test_a_cached_audit_world_follows_its_preset_and_the_world_code(tmp_path, mo
     """`audit run --world PRESET` generates the world once into the cache and reuses it, but
     only while the preset and the drawing code are unchanged: a stale world is never audited."""
     from audit import runner
+    from audit.world import layout
     opts = runner.RunOptions(world="tiny", cache_dir=tmp_path, progress=False)
     first = runner.ensure_world(opts)
     assert runner.ensure_world(opts) == first                      # reused
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps({"extends": "tiny", "fame": {"min": 2, "max": 30}}))
-    assert runner.world_version(str(edited)) != runner.world_version("tiny")
-    monkeypatch.setattr(runner, "world_version", lambda preset: "0" * 64)   # as if faces.py changed
+    assert layout.world_version(str(edited)) != layout.world_version("tiny")
+    monkeypatch.setattr(layout, "world_version", lambda preset: "0" * 64)   # as if faces.py changed
     second = runner.ensure_world(opts)
     assert second != first and (second / "ground_truth.json").is_file()
