@@ -49,7 +49,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from audit.errors import GateFailed, UserError
+from audit.errors import GateFailed, ProbeFailed, UserError
 
 ABSOLUTE = ("max", "min")
 RELATIVE = ("max_increase", "max_decrease")
@@ -190,6 +190,38 @@ def evaluate(policy: dict, results: dict, *, baseline: dict | None = None,
         if any(k in gate for k in RELATIVE):
             out.append(_decide(_relative(gate, results, baseline, paired or {}), lenient))
     return out
+
+
+def run_gates(gating: tuple, results: dict, *, baseline_path=None, per_image=None) -> list[dict]:
+    """The gates of `audit run`, from prepare()'s (policy, baseline): none without a policy.
+    Relative gates bound the paired change where the baseline and this run (`per_image`:
+    audit.outcomes.collect()'s, or None) kept per-image outcomes of the same images."""
+    policy, baseline = gating
+    if not policy:
+        return []
+    paired = _paired_cis(baseline_path, baseline, results, per_image) if baseline else None
+    return evaluate(policy, results, baseline=baseline, paired=paired)
+
+
+def _paired_cis(baseline_path, baseline: dict, results: dict, per_image) -> dict:
+    """CIs of the paired changes against --baseline, for its relative gates."""
+    from audit import compare, outcomes
+
+    both = compare.compare(baseline, results, base_outcomes=outcomes.load(baseline_path, baseline),
+                           cand_outcomes=outcomes.from_built(per_image))
+    return compare.paired_cis(both)
+
+
+def raise_for_run(results: dict, user_errors: list[str], *, results_path) -> None:
+    """The exit code of a finished run, once its files are written (docs/INTERNALS.md): a
+    probe's UserError (2) over a failed probe (3) over a failed gate (1); else nothing (0)."""
+    if user_errors:
+        raise UserError(user_errors[0] + (f" (+{len(user_errors) - 1} more)" if len(user_errors) > 1 else ""))
+    broken = [name for name, p in results["probes"].items() if p["status"] == "error"]
+    if broken:  # an audit missing a probe must not pass CI as a success
+        raise ProbeFailed(f"{len(broken)} probe(s) failed: {', '.join(broken)}; the audit is incomplete "
+                          f"(see {results_path})")
+    raise_if_failed(results.get("gates") or [])
 
 
 def raise_if_failed(gates: list[dict]) -> None:

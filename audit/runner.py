@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.errors import ProbeFailed, UserError
+from audit.errors import UserError
 from audit.io import check_writable_dir, write_together
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,8 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
 
     if per_image is not None:
         results["outcomes"] = per_image.record
-    policy, baseline = gating or gates.prepare(opts.policy, opts.baseline)
-    if policy:
-        paired = _paired_cis(opts.baseline, baseline, results, per_image) if baseline else None
-        results["gates"] = gates.evaluate(policy, results, baseline=baseline, paired=paired)
+    results["gates"] = gates.run_gates(gating or gates.prepare(opts.policy, opts.baseline), results,
+                                       baseline_path=opts.baseline, per_image=per_image)
     res.validate(res.jsonable(results), source="results (internal)")
     shown = {**results, "probes": {name: {**p, "examples": (examples or {}).get(name, [])}
                                    for name, p in results["probes"].items()}}
@@ -193,23 +191,8 @@ def finish(results: dict, opts: RunOptions, user_errors: list[str], *, examples:
         from audit.outcomes import FILE
 
         (Path(opts.out) / FILE).unlink(missing_ok=True)
-    if user_errors:
-        raise UserError(user_errors[0] + (f" (+{len(user_errors) - 1} more)" if len(user_errors) > 1 else ""))
-    broken = [name for name, p in results["probes"].items() if p["status"] == "error"]
-    if broken:  # an audit missing a probe must not pass CI as a success
-        raise ProbeFailed(f"{len(broken)} probe(s) failed: {', '.join(broken)}; the audit is incomplete "
-                          f"(see {Path(opts.out) / 'results.json'})")
-    gates.raise_if_failed(results["gates"])
+    gates.raise_for_run(results, user_errors, results_path=Path(opts.out) / "results.json")
     return results
-
-
-def _paired_cis(baseline_path, baseline: dict, results: dict, per_image) -> dict:
-    """CIs of the paired changes against --baseline, for its relative gates."""
-    from audit import compare, outcomes
-
-    both = compare.compare(baseline, results, base_outcomes=outcomes.load(baseline_path, baseline),
-                           cand_outcomes=outcomes.from_built(per_image))
-    return compare.paired_cis(both)
 
 
 def write_report(results: dict, out: Path, *, include_examples: bool = False) -> Path:
