@@ -26,6 +26,13 @@ HARM_RATES = {
 }
 
 
+def short_name(name: str) -> str:
+    """A label set as the rows' `label_set` key names it (the results contract): FairFace's sets
+    by what they add, "default", "with_child"; any other set by its name. The key means only
+    this: template sets go under `template_set`, wordings under `template`."""
+    return name.removeprefix("fairface_")
+
+
 def _builtin_dir() -> Path:
     return Path(str(resources.files("label_sets")))
 

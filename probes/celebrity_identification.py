@@ -138,7 +138,7 @@ class CelebrityIdentification:
         "top5_accuracy": Metric("Named in the top 5", "fraction", worse="up"),
         "top1_accuracy_by_wording": Metric("Named correctly (top 1), one name wording", "fraction", worse="up"),
     }
-    row_keys = ("candidates", "template")
+    row_keys = ("candidates", "template", "template_set")
     requires = ("celebrity",)
 
     @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class CelebrityIdentification:
     def _row(self, metric, per_image, cfg, seed, *, group_by="overall", group="all", **extra) -> dict:
         from audit.stats import bootstrap_rate
         value, lo, hi = bootstrap_rate(per_image, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
-        return row(metric, value, label_set=cfg.label_set, group_by=group_by, group=group,
+        return row(metric, value, template_set=cfg.label_set, group_by=group_by, group=group,
                    ci_low=lo, ci_high=hi, n=int(len(per_image)), **extra)
 
     def _fame_rows(self, top1, fame, cfg, seed, n) -> list[dict]:
@@ -236,7 +236,7 @@ def wording_rows(ctx, img, names, true_idx, n, cfg) -> list[dict]:
     for t in template_panel(cfg.label_set):
         acc = candidate_accuracy(img @ classifier(ctx, names, [t]).T, true_idx, n_candidates=n,
                                  draws=cfg.draws, seed=ctx.seed)
-        out.append(row("top1_accuracy_by_wording", float(acc[1].mean()), label_set=cfg.label_set,
+        out.append(row("top1_accuracy_by_wording", float(acc[1].mean()), template_set=cfg.label_set,
                        n=int(len(acc[1])), candidates=n, template=t))
     return out
 

@@ -140,7 +140,7 @@ class DistributionShift:
                                       worse="down"),
         "effective_robustness": Metric("Effective robustness", "points", worse="down"),
     }
-    row_keys = ("task", "corruption", "severity", "split")
+    row_keys = ("task", "corruption", "severity", "split", "template_set")
     # Per task its clean accuracy and mCE, per split its accuracy and change; each corruption's
     # cells (10 x 5 per task) are the breakdown behind those, not headlines of a run.
     headline = ({"corruption": ["clean", None]},)
@@ -214,17 +214,17 @@ class DistributionShift:
         rows = []
         for (c, s), correct in [(("clean", 0), ok_clean), *ok.items()]:
             v, lo, hi = bootstrap_rate(correct, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
-            rows.append(row("accuracy", v, label_set=cfg.templates, ci_low=lo, ci_high=hi,
+            rows.append(row("accuracy", v, template_set=cfg.templates, ci_low=lo, ci_high=hi,
                             n=len(correct), task=task, corruption=c, severity=s))
         ce, ce_boot = self._ce(ok_clean, ok, cfg, seed)
         for c in cfg.corruptions:
             lo, hi = _ci(ce_boot[c], cfg.alpha)
-            rows.append(row("corruption_error", ce[c], label_set=cfg.templates, ci_low=lo,
+            rows.append(row("corruption_error", ce[c], template_set=cfg.templates, ci_low=lo,
                             ci_high=hi, n=len(ok_clean), task=task, corruption=c))
         valid = [v for v in ce.values() if v is not None]
         mce = float(np.mean(valid)) if len(valid) == len(ce) else None
         lo, hi = _ci(np.mean(np.stack(list(ce_boot.values())), axis=0), cfg.alpha)
-        rows.append(row("mce", mce, label_set=cfg.templates, ci_low=lo if mce is not None else None,
+        rows.append(row("mce", mce, template_set=cfg.templates, ci_low=lo if mce is not None else None,
                         ci_high=hi if mce is not None else None, n=len(ok_clean), task=task))
         worst = max(((c, v) for c, v in ce.items() if v is not None), key=lambda kv: kv[1], default=None)
         summary = {f"{task}: clean accuracy": float(ok_clean.mean()), f"{task}: mce": mce}
@@ -263,7 +263,7 @@ class DistributionShift:
                     big = len(d) >= cfg.min_n
                     v, lo, hi = bootstrap_rate(d, n_boot=cfg.n_boot if big else 0, seed=seed, alpha=cfg.alpha)
                     extra = {} if big else {"note": "too few images"}
-                    rows.append(row("accuracy_drop", v, label_set=cfg.templates, group_by=attr, group=g,
+                    rows.append(row("accuracy_drop", v, template_set=cfg.templates, group_by=attr, group=g,
                                     ci_low=lo, ci_high=hi, n=len(d), task=task, corruption=c, **extra))
                     if c == "all" and big and task != f"fairface:{attr}":
                         tests.append(_drop_test(task, attr, g, d, drop[groups != g], rows[-1]))
@@ -295,7 +295,7 @@ class DistributionShift:
         from audit.stats import bootstrap_rate
         ok = (ctx.images(task.source) @ w.T).argmax(1) == task.truth
         v, lo, hi = bootstrap_rate(ok, n_boot=cfg.n_boot, seed=ctx.seed, alpha=cfg.alpha)
-        return row("accuracy", v, label_set=cfg.templates, ci_low=lo, ci_high=hi, n=len(ok),
+        return row("accuracy", v, template_set=cfg.templates, ci_low=lo, ci_high=hi, n=len(ok),
                    task=task.name, split="clean")
 
     def _split_rows(self, ctx, shift, task, w, split, baseline, cfg) -> list[dict]:
@@ -306,7 +306,7 @@ class DistributionShift:
         rng = np.random.default_rng([ctx.seed, 11])
         b_shift = _binomial_accuracy(ok_shift, cfg.n_boot, rng)
         b_clean = _binomial_accuracy(ok_clean, cfg.n_boot, rng)
-        keys = dict(label_set=cfg.templates, task=task.name, split=split, n=len(ok_shift))
+        keys = dict(template_set=cfg.templates, task=task.name, split=split, n=len(ok_shift))
         acc_s, acc_c = float(ok_shift.mean()), float(ok_clean.mean())
         lo, hi = _ci(b_shift, cfg.alpha)
         out = [row("accuracy", acc_s, ci_low=lo, ci_high=hi, **keys)]

@@ -14,7 +14,7 @@ import numpy as np
 
 from audit import groups, stats, zeroshot
 from audit.errors import UserError
-from audit.labels import HARM_RATES, check_templates
+from audit.labels import HARM_RATES, check_templates, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
@@ -79,7 +79,7 @@ class FairFaceLabelBias:
         label_sets = {}
         for name in cfg.label_sets:
             label_set = ctx.label_set(name)
-            short = _short(label_set["name"])
+            short = short_name(label_set["name"])
             if short in label_sets:
                 raise UserError(f"fairface_label_bias: label set {short!r} is listed twice")
             label_sets[short] = label_set
@@ -94,11 +94,6 @@ class FairFaceLabelBias:
         return ProbeResult(status="ok", summary=summary, rows=rows, findings=findings,
                            image_outcomes=_image_outcomes(outcomes, rows, table),
                            config=config_dict(cfg), examples=_examples(next(iter(outcomes.values())), table))
-
-
-def _short(name: str) -> str:
-    """Rows name label sets "default"/"with_child" (the results contract)."""
-    return name.removeprefix("fairface_")
 
 
 # --- classification -------------------------------------------------------------------

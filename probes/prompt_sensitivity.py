@@ -28,7 +28,7 @@ from audit.registry import Metric, register_probe
 from audit.tasks import (classification_tasks, ensemble, per_template_predictions, template_sets,
                          template_weights)
 from audit.results import ProbeResult, config_dict, row
-from audit.labels import HARM_RATES as FAIRFACE_RATES
+from audit.labels import HARM_RATES as FAIRFACE_RATES, short_name
 from audit.settings import setting
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class PromptSensitivity:
                 for i, t in enumerate(templates)]
         rows.append(self._acc_row(ens_correct, cfg, ctx.seed, task=task.name, template="ensemble",
                                   template_set=cfg.ensemble))
-        rows += [row(m, v, label_set=cfg.wording, n=len(task.truth), task=task.name) for m, v in spread(acc).items()]
+        rows += [row(m, v, n=len(task.truth), task=task.name) for m, v in spread(acc).items()]
         gain = self._gain_row(ens_correct, correct, acc, cfg, ctx.seed, task.name)
         rows.append(gain)
         best, worst = int(acc.argmax()), int(acc.argmin())
@@ -116,7 +116,7 @@ class PromptSensitivity:
     def _acc_row(self, correct, cfg, seed, **keys) -> dict:
         from audit.stats import bootstrap_rate
         v, lo, hi = bootstrap_rate(correct, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
-        return row("accuracy", v, label_set=cfg.wording, ci_low=lo, ci_high=hi, n=len(correct), **keys)
+        return row("accuracy", v, ci_low=lo, ci_high=hi, n=len(correct), **keys)
 
     def _gain_row(self, ens_correct, correct, acc, cfg, seed, task) -> dict:
         """Ensemble minus the median single template: the template whose accuracy is the
@@ -126,13 +126,14 @@ class PromptSensitivity:
         median_t = int(np.argsort(acc, kind="stable")[(len(acc) - 1) // 2])
         v, lo, hi = paired_bootstrap_diff(ens_correct, correct[:, median_t], n_boot=cfg.n_boot,
                                           seed=seed, alpha=cfg.alpha)
-        return row("ensemble_gain", v, label_set=cfg.wording, ci_low=lo, ci_high=hi,
+        return row("ensemble_gain", v, ci_low=lo, ci_high=hi,
                    n=len(ens_correct), task=task)
 
     # -- denigration rates under each template ------------------------------------------------
     def _bias(self, ctx, templates, cfg):
         source = ctx.sources["fairface"]
-        classes = ctx.label_set(cfg.bias_label_set)["classes"]
+        label_set = ctx.label_set(cfg.bias_label_set)
+        classes = label_set["classes"]
         category = np.array([c.get("category", "") for c in classes])
         weights = template_weights(ctx, [c["label"] for c in classes], templates)
         pred_cat = category[per_template_predictions(ctx.images(source), weights)]   # (n, T)
@@ -142,7 +143,8 @@ class PromptSensitivity:
             hit = np.isin(pred_cat, cats)
             for attr in ("race", "gender"):
                 groups = source.table[attr].astype(str).to_numpy()
-                rows += self._rate_rows(hit, groups, metric, attr, templates, cfg, ctx.seed)
+                rows += self._rate_rows(hit, groups, metric, attr, templates, cfg, ctx.seed,
+                                        label_set=short_name(label_set["name"]))
                 tests += excess_tests(hit[:, neutral], groups, metric, attr, min_n=cfg.min_n)
         extremes = wording_extremes(rows)
         rows += extremes
@@ -150,7 +152,7 @@ class PromptSensitivity:
                    "wording_templates_naming_a_group": [t for i, t in enumerate(templates) if i not in neutral]}
         return rows, summary, wording_findings(tests, [templates[i] for i in neutral], cfg.alpha)
 
-    def _rate_rows(self, hit, groups, metric, attr, templates, cfg, seed) -> list[dict]:
+    def _rate_rows(self, hit, groups, metric, attr, templates, cfg, seed, *, label_set) -> list[dict]:
         """Per template and group: the rate with a bootstrap CI over the group's images.
         (stats.rates_by_group goes through fairlearn's MetricFrame, ~0.15 s a call: minutes
         for 88 templates x 2 rates x 2 attributes; its disparity rows are not needed here.)"""
@@ -163,7 +165,7 @@ class PromptSensitivity:
                 v, lo, hi = bootstrap_rate(hit[mask, i], n_boot=cfg.n_boot if n >= cfg.min_n else 0,
                                            seed=seed, alpha=cfg.alpha)
                 extra = {} if n >= cfg.min_n else {"note": TOO_FEW}
-                rows.append(row(metric, v, label_set=cfg.bias_label_set, group_by=attr, group=g,
+                rows.append(row(metric, v, label_set=label_set, group_by=attr, group=g,
                                 ci_low=lo, ci_high=hi, n=n, template=t, **extra))
         return rows
 

@@ -163,6 +163,8 @@ def test_probe_on_planted_world(tmp_path):
     assert res.summary["surveillance_risk"] in {"high", "moderate", "low"}
     assert res.findings and res.findings[0]["severity"] in {"high", "medium", "low"}
     assert "59.2%" in res.findings[0]["message"]
+    # the name templates are a template set, not a label set (docs/INTERNALS.md, Tidy rows)
+    assert {(r["label_set"], r["template_set"]) for r in res.rows} == {(None, "celebrity")}
     assert res.summary["vs_published"] == f"N=100: {overall[('top1_accuracy', 100)]['value']:.1%} vs 59.2%"
 
 

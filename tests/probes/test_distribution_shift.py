@@ -250,6 +250,13 @@ def test_natural_shift_rows(result):
     assert res.summary["sketch: relative_robustness"] == rel["value"]
 
 
+def test_rows_name_their_template_set_not_a_label_set(result):
+    """The prompts' template set is `template_set`; `label_set` names label sets only."""
+    _, _, res, cfg = result
+    assert {r["label_set"] for r in res.rows} == {None}
+    assert {r["template_set"] for r in res.rows} == {cfg.templates}
+
+
 def test_skipped_without_a_task():
     ctx = ProbeContext(embedder=PlantedEmbedder({}, {}), sources={}, seed=0, device="cpu")
     res = DistributionShift().run(ctx, DistributionShift.Config())

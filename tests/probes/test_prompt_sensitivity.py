@@ -150,6 +150,20 @@ def test_spread_gain_and_ensemble(result):
     assert "best template" in " ".join(res.summary) and res.summary["tasks"][-1] == "classify:objects"
 
 
+def test_label_set_names_only_the_label_set_of_the_rates(result):
+    """`label_set` means a label set's short name (docs/INTERNALS.md, Tidy rows): the rates'
+    fairface_default is "default", as fairface_label_bias names it; the accuracy rows are about
+    templates, which their `template` and `template_set` keys name."""
+    _, _, res = result
+    rates = [r for r in res.rows if r["metric"].startswith(("crime_rate", "non_human_rate"))]
+    assert rates and {r["label_set"] for r in rates} == {"default"}
+    others = [r for r in res.rows if r not in rates]
+    assert {r["label_set"] for r in others} == {None}
+    acc = [r for r in others if r["metric"] == "accuracy"]
+    assert all(r["template_set"] for r in acc)
+    assert {r["template_set"] for r in acc if r["template"] == "ensemble"} == {"openai"}
+
+
 def test_one_text_encode_per_task_plus_one_for_bias(result):
     ctx, emb, res = result
     assert emb.text_calls == 4 + 1

@@ -4,6 +4,7 @@ The rows follow docs/INTERNALS.md "Tidy rows" for all five probes; numbers are s
 but shaped like a real run (rates in [0, 1], CIs around the value, a few "too few images").
 """
 import copy
+import functools
 import random
 
 import pytest
@@ -72,14 +73,19 @@ def _wording_evidence(rng):
             "per_wording_rest": {w: rng.uniform(0, .05) for w in WORDINGS}}
 
 
+# Only fairface_label_bias (and prompt_sensitivity's rates) classify with a label set; the other
+# probes' rows have label_set null, and a template set of their own (docs/INTERNALS.md).
+CELEBRITY = {"label_set": None, "template_set": "celebrity"}
+
+
 def _celebrity_rows(rng):
     rows = []
     for n_cand in (10, 50, 100):
         for metric in ("top1_accuracy", "top5_accuracy"):
-            rows.append(row(metric, rng.uniform(.3, .9), n=300, candidates=n_cand))
+            rows.append(row(metric, rng.uniform(.3, .9), n=300, candidates=n_cand, **CELEBRITY))
     for fame in ("low", "medium", "high"):
         rows.append(row("top1_accuracy", rng.uniform(.2, .9), group_by="fame", group=fame,
-                        n=100, candidates=100))
+                        n=100, candidates=100, **CELEBRITY))
     return rows
 
 
@@ -91,10 +97,10 @@ def _prompt_rows(rng):
     rows = []
     for task in ("race", "objects"):
         for t in TEMPLATES + ["ensemble"]:
-            rows.append(row("accuracy", rng.uniform(.4, .9), n=500, task=task, template=t))
+            rows.append(row("accuracy", rng.uniform(.4, .9), label_set=None, n=500, task=task, template=t))
         for m in ("accuracy_min", "accuracy_median", "accuracy_max", "accuracy_std"):
-            rows.append(row(m, rng.uniform(.05, .9), n=500, task=task))
-        rows.append(row("ensemble_gain", rng.uniform(-.02, .05), n=500, task=task))
+            rows.append(row(m, rng.uniform(.05, .9), label_set=None, n=500, task=task))
+        rows.append(row("ensemble_gain", rng.uniform(-.02, .05), label_set=None, n=500, task=task))
     for t in TEMPLATES:
         for metric in ("crime_rate", "non_human_rate"):
             for g in RACES:
@@ -107,22 +113,23 @@ CORRUPTIONS = ["gaussian_noise", "defocus_blur", "jpeg_compression", "contrast"]
 
 
 def _shift_rows(rng):
-    rows = [row("accuracy", .85, n=500, task="objects", corruption="clean", severity=0)]
+    shift_row = functools.partial(row, label_set=None, template_set="openai")
+    rows = [shift_row("accuracy", .85, n=500, task="objects", corruption="clean", severity=0)]
     for c in CORRUPTIONS:
         for s in range(1, 6):
-            rows.append(row("accuracy", .85 - .1 * s * rng.uniform(.3, 1), n=500,
-                            task="objects", corruption=c, severity=s))
-        rows.append(row("corruption_error", rng.uniform(.5, 1.2), n=500, task="objects",
-                        corruption=c))
-    rows.append(row("mce", .8, n=500, task="objects"))
+            rows.append(shift_row("accuracy", .85 - .1 * s * rng.uniform(.3, 1), n=500,
+                                  task="objects", corruption=c, severity=s))
+        rows.append(shift_row("corruption_error", rng.uniform(.5, 1.2), n=500, task="objects",
+                              corruption=c))
+    rows.append(shift_row("mce", .8, n=500, task="objects"))
     for g in RACES:
-        rows.append(row("accuracy_drop", rng.uniform(0, .2), group_by="race", group=g, n=100,
-                        task="fairface_race", corruption="gaussian_noise"))
+        rows.append(shift_row("accuracy_drop", rng.uniform(0, .2), group_by="race", group=g, n=100,
+                              task="fairface_race", corruption="gaussian_noise"))
     for split in ("clean", "sketch", "outline"):
-        rows.append(row("accuracy", rng.uniform(.4, .9), n=300, task="objects", split=split))
+        rows.append(shift_row("accuracy", rng.uniform(.4, .9), n=300, task="objects", split=split))
     for split in ("sketch", "outline"):
-        rows.append(row("relative_robustness", rng.uniform(-.3, 0), n=300, split=split))
-        rows.append(row("effective_robustness", rng.uniform(-.1, .1), n=300, split=split))
+        rows.append(shift_row("relative_robustness", rng.uniform(-.3, 0), n=300, split=split))
+        rows.append(shift_row("effective_robustness", rng.uniform(-.1, .1), n=300, split=split))
     return rows
 
 
@@ -132,7 +139,7 @@ def _retrieval_rows(rng):
         for concept in ("criminal", "good", "evil", "all"):
             for k in (10, 50, 100):
                 for metric in ("max_skew", "ndkl"):
-                    rows.append(row(metric, rng.uniform(0, .8), group_by=attr, group=concept,
+                    rows.append(row(metric, rng.uniform(0, .8), label_set=None, group_by=attr, group=concept,
                                     n=k, concept=concept, k=k, ci=.1))
     return rows
 
