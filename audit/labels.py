@@ -5,7 +5,7 @@ A label set is `name`, `description`, `templates` (each with one `{}` for the la
 verdict is checked under; loaded into `panel_templates`; a set without inline `templates`
 uses the panel's), `classes`: a list of `{label, category, <attribute>: value, ...}`. `includes: <other set>`
 extends another set: its classes come first, then this file's; every other key of this file
-replaces the included one's. `reference:` holds published numbers a probe's summary quotes.
+replaces the included one's. Published numbers are not here: audit/reference.py.
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ A probe describes itself, so that compare, gates and the report never hard-code 
     templates = Path(__file__).parent / "templates"   # optional: a folder holding
                                             # "<name>.html.j2", its report partial (datasette's
                                             # plugins report their templates path the same way)
+    reference = Path(__file__).parent / "reference.yaml"   # optional: its published numbers
+                                            # (audit/reference.py), shown beside its own
 `probe_meta(cls)` turns that into the JSON the runner writes as `probes.<name>.meta`.
 """
 import importlib

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit import groups, stats, zeroshot
+from audit import reference as published
 from audit.errors import UserError
 from audit.labels import HARM_RATES, check_templates, short_name
 from audit.registry import Metric, register_probe
@@ -58,6 +59,7 @@ class FairFaceLabelBias:
     }
     del _rate
     row_keys = ("baseline", "template")
+    reference = published.builtin("fairface_label_bias")  # the CLIP paper's numbers, as fractions
     requires = ("fairface",)
 
     @dataclass(frozen=True)
@@ -399,18 +401,17 @@ def _under_20_summary(rows, names) -> dict:
 
 
 def _reference_summary(outcomes) -> dict:
-    """Published numbers from the label-set files (percent there, fractions here)."""
-    out = {}
-    for short, outcome in outcomes.items():
-        ref = outcome.label_set.get("reference") or {}
-        overall = (ref.get("non_human_rate") or {}).get("overall") or {}
-        if "value" in overall:
-            out["reference_non_human_rate"] = round(overall["value"] / 100, 6)
-        under_20 = (ref.get("denigration_rate") or {}).get("under_20")
-        if under_20 is not None:
-            out[f"reference_under_20_denigration_{short}"] = round(under_20 / 100, 6)
-        if ref.get("model"):
-            out.setdefault("reference_model", ref["model"])
+    """Published numbers of the label sets run (audit/reference.py: one file, fractions)."""
+    ref, out = published.of(FairFaceLabelBias), {}
+    for short in outcomes:
+        overall = published.find(ref, metric="non_human_rate", label_set=short, group_by="overall")
+        if overall:
+            out["reference_non_human_rate"] = overall["value"]
+        under_20 = published.find(ref, metric="denigration_rate", label_set=short, group_by="age_band")
+        if under_20:
+            out[f"reference_under_20_denigration_{short}"] = under_20["value"]
+        if overall or under_20:
+            out.setdefault("reference_model", ref["cites"])
     return out
 
 

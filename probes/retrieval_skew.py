@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from audit import reference as published
 from audit import stats, zeroshot
 from audit.errors import UserError
 from audit.labels import check_templates
@@ -45,6 +46,7 @@ class RetrievalSkew:
         "max_skew_max": Metric("Highest MaxSkew across wordings", "number", worse="up"),
     }
     row_keys = ("concept", "k", "attribute", "template")
+    reference = published.builtin("retrieval_skew")  # Berg et al.'s MaxSkew, with its target
     requires = ("fairface",)
 
     @dataclass(frozen=True)
@@ -263,4 +265,16 @@ def _summary(rows, n_images, concepts, cfg) -> dict:
                                 f"favours {worst['favoured']})")
         out["worst_max_skew"] = worst["value"]
         out["worst_p_value"] = worst["p_value"]
+    out.update(_reference_summary())
     return out
+
+
+def _reference_summary() -> dict:
+    """Berg et al.'s published MaxSkew and the target it was measured against (uniform): beside
+    a run against another target (`desired`) it shows a direction, not a like-for-like number."""
+    ref = published.of(RetrievalSkew)
+    r = published.find(ref, metric="max_skew", model=ref["model"])
+    if r is None:
+        return {}
+    return {f"reference_max_skew_{r['attribute']}": r["value"], "reference_desired": r["desired"],
+            "reference_model": ref["cites"]}

@@ -120,6 +120,12 @@ def lookup(rows, **filters) -> dict | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def points(rows, x: str = "group") -> dict:
+    """{x label: value} of rows, the `points` a chart's reference markers take (published
+    numbers are rows too: audit/reference.py)."""
+    return {_label(r.get(x)): r.get("value") for r in rows or []}
+
+
 def chance_line(candidates) -> dict:
     """The accuracy of guessing among N names, 1/N, drawn as a reference for each N shown."""
     return {"name": "chance (1/N)", "dash": True,

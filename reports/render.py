@@ -14,10 +14,11 @@ else the generic `templates/probes/_generic.html.j2` (every row as a table). A p
 is taken from the installed probe, never from a path in results.json: a results file from
 elsewhere must not pick which template code runs. The page around it already shows the probe's
 status, findings, summary and an all-rows CSV link. A partial sees:
-  s          the section: name, title, meta, status, summary, rows, findings
+  s          the section: name, title, meta, status, summary, rows, findings, and reference:
+             the published numbers the installed probe declares (audit/reference.py: rows
+             shaped as its own, in its units; label, cites, model, note), or None
   chart      reports.charts.ChartBuilder: bar / line / heatmap / strip (rows in, Chart out)
-  select, distinct, lookup, chance_line, csv_uri   row helpers (reports.charts)
-  reference  reports/reference.json (published numbers, shown beside the model's)
+  select, distinct, lookup, points, chance_line, csv_uri   row helpers (reports.charts)
 and draws a chart with `{% import "_macros.html.j2" as m %}{{ m.show(chart.bar(...)) }}`, which
 adds the chart's rows as a table and a CSV link.
 """
@@ -58,7 +59,7 @@ def render_report(results: dict, out: Path, *, include_examples: bool = False) -
     context = {"r": results, "sections": sections,
                "sources": data_sources(results),
                "findings": top_findings(results), "gates": results.get("gates") or [],
-               "include_examples": include_examples, "reference": load_reference()}
+               "include_examples": include_examples}
     return _write(out, _render("report.html.j2", context, plugins=_plugin_dirs(sections)))
 
 
@@ -205,11 +206,6 @@ def spell_key(key: str, declared: dict) -> str:
     return " ".join(text.split())
 
 
-@functools.lru_cache(maxsize=1)
-def load_reference() -> dict:
-    return json.loads((HERE / "reference.json").read_text(encoding="utf-8"))
-
-
 def _sections(results: dict, include_examples: bool) -> list[dict]:
     out = []
     for name, probe in (results.get("probes") or {}).items():
@@ -225,6 +221,7 @@ def _sections(results: dict, include_examples: bool) -> list[dict]:
                     # Each section's charts name metrics by the section's meta (legends, tables).
                     "chart": charts.ChartBuilder(prefix=f"{anchor}-chart", meta=meta),
                     "rows": probe.get("rows") or [],
+                    "reference": installed_reference(name),
                     "findings": sorted(({**f, "evidence_items": evidence_items(f.get("evidence") or {}, meta)}
                                         for f in probe.get("findings") or []),
                                        key=lambda f: SEVERITY_ORDER.get(f.get("severity"), 4)),
@@ -243,6 +240,15 @@ def headline(name: str, probe: dict, meta: dict) -> list[dict]:
 
     return [{**column_of(name, r, meta), **{k: r.get(k) for k in ("value", "ci_low", "ci_high", "n")}}
             for r in headline_rows(name, probe, meta)]
+
+
+def installed_reference(name: str) -> dict | None:
+    """The published numbers of the installed probe of that name (like its partial, never
+    from a path in results.json), through the core's loader: the report only draws them."""
+    from audit import reference
+    from audit.registry import get_probe, list_probes
+
+    return reference.of(get_probe(name)) if name in list_probes() else None
 
 
 def _plugin_dirs(sections: list[dict]) -> tuple:
@@ -283,6 +289,7 @@ def _env(plugins: tuple = ()):
                              autoescape=True, undefined=jinja2.ChainableUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.globals.update(select=charts.select, distinct=charts.distinct, lookup=charts.lookup,
+                       points=charts.points,
                        csv_uri=charts.csv_uri, chance_line=charts.chance_line,
                        columns_of=charts.columns_of,
                        partial_for=functools.partial(_partial_for, dict(plugins)),

@@ -48,6 +48,8 @@ def test_plugin_meta_report_compare_and_gates(plugin, tmp_path):
 
     html = render_report(cand, tmp_path / "r.html").read_text()
     assert 'id="widget-partial"' in html and "Widget partial: Widget harm, 1 row(s)" in html
+    # its own published numbers, declared beside its partial, in its metric's unit
+    assert "published reference (Widget et al.): 4.2%" in html
 
     c = compare(base, cand)
     [row] = [r for r in c["rows"] if r["probe"] == "widget_probe"]
