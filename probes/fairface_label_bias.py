@@ -627,7 +627,7 @@ def _child_robustness(base, child, table, cfg, *, sign) -> dict:
         before, after = base.wordings[w]["denigration_rate"], child.wordings[w]["denigration_rate"]
         change = after.astype(float) - before.astype(float)
         per[w] = float(change[young].mean())
-        p = stats.mcnemar_p(int((before & ~after)[young].sum()), int((~before & after)[young].sum()))
+        p = stats.mcnemar_exact(int((before & ~after)[young].sum()), int((~before & after)[young].sum()))
         beyond = sign * (per[w] - (change[~young].mean() if (~young).any() else 0.0)) > 0
         if p < cfg.alpha and np.sign(per[w]) == sign and beyond:
             held.append(w)
