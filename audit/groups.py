@@ -19,15 +19,16 @@ CROSSINGS = {"race_x_gender": ("race", "gender"), "age_band_x_gender": ("age_ban
 SEP = " / "
 
 
-def with_crossings(table: pd.DataFrame, attributes=("race", "gender", "age")) -> tuple[pd.DataFrame, tuple]:
-    """The table with an `age_band` column and one column per crossing whose parts it has, and
-    the crossing names added (in CROSSINGS order)."""
+def with_crossings(table: pd.DataFrame, crossings=tuple(CROSSINGS)) -> tuple[pd.DataFrame, tuple]:
+    """The table with an `age_band` column (when it has `age`) and a column for each of
+    `crossings` whose two parts it has; and the names of the crossings added."""
     table = table.copy()
     if "age" in table:
         table["age_band"] = table["age"].astype(str).map(AGE_BANDS).fillna(table["age"].astype(str))
     added = []
-    for name, (a, b) in CROSSINGS.items():
-        if a in table and b in table and (a in attributes or a == "age_band") and b in attributes:
+    for name in crossings:
+        a, b = CROSSINGS[name]
+        if a in table and b in table:
             table[name] = table[a].astype(str) + SEP + table[b].astype(str)
             added.append(name)
     return table, tuple(added)

@@ -85,9 +85,14 @@ def write_together(out: Path, writers: dict) -> list[Path]:
         if done:  # some old files were already replaced: drop their old partners too
             for name in writers:
                 (out / name).unlink(missing_ok=True)
-        names = " and ".join(writers)
+        names = _listing(list(writers))
         state = f"removed {names}" if done else f"{names} left as they were"
         if isinstance(e, OSError):
             raise UserError(f"{out}: could not write {names} ({e.strerror or e}); {state}") from None
         raise
     return done
+
+
+def _listing(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c": the files a message names."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -25,34 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audit.stats import holm, mcnemar_exact
+
 log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 N_BOOT = 2000
 SEED = 0
 TOLERANCE = 1e-9  # a column's mean vs its row's value: the same sum over the same images
-
-
-def mcnemar_exact(moved_in: int, moved_out: int) -> float:
-    """Two-sided exact McNemar p-value: with no change, each of the b + c images that moved went
-    either way with probability 1/2, so b ~ Binomial(b + c, 1/2)."""
-    n = int(moved_in) + int(moved_out)
-    if n == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(int(moved_in), n, 0.5, alternative="two-sided").pvalue)
-
-
-def holm(p_values) -> list[float]:
-    """Holm's step-down adjusted p-values (adjusted < alpha keeps the family-wise error at
-    alpha; never less powerful than Bonferroni, and it needs no independence)."""
-    p = np.asarray(p_values, dtype=float)
-    m, out, running = p.size, np.empty(p.size), 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out.tolist()
 
 
 def method(family: int) -> dict:

@@ -399,12 +399,26 @@ def excess_tests(hit: np.ndarray, groups: Sequence, *, min_n: int) -> list[dict]
     return out
 
 
-def mcnemar_p(b: int, c: int) -> float:
-    """McNemar's exact test for paired binary outcomes: b items went one way, c the other. Under
-    no change each discordant item is a fair coin (two-sided binomial test; 1 when none moved)."""
+def mcnemar_exact(moved_in: int, moved_out: int) -> float:
+    """Two-sided exact McNemar p-value: with no change, each of the b + c images that moved went
+    either way with probability 1/2, so b ~ Binomial(b + c, 1/2)."""
+    n = int(moved_in) + int(moved_out)
+    if n == 0:
+        return 1.0
     from scipy.stats import binomtest
 
-    return 1.0 if b + c == 0 else float(binomtest(int(b), int(b + c), 0.5).pvalue)
+    return float(binomtest(int(moved_in), n, 0.5, alternative="two-sided").pvalue)
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (adjusted < alpha keeps the family-wise error at
+    alpha; never less powerful than Bonferroni, and it needs no independence)."""
+    p = np.asarray(p_values, dtype=float)
+    m, out, running = p.size, np.empty(p.size), 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 def wordings_holding(p: np.ndarray, rate: np.ndarray, overall: np.ndarray, *, cutoff: float) -> int:

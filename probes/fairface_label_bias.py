@@ -193,11 +193,11 @@ def _all_rows(outcomes, table, cfg, *, seed) -> list[dict]:
     for r in rows:
         r["template"] = HEADLINE
     for short, out in outcomes.items():
-        rows += _wording_rows(out.wordings, table, short)
+        rows += _wording_rows(out.wordings, table, short, min_n=cfg.min_group_n)
     return rows
 
 
-def _wording_rows(wordings, table, label_set) -> list[dict]:
+def _wording_rows(wordings, table, label_set, *, min_n) -> list[dict]:
     rows = []
     for metric in RATES:
         for group_by, labels in _group_columns(table):
@@ -206,7 +206,7 @@ def _wording_rows(wordings, table, label_set) -> list[dict]:
                 values = [(p[group][0], w) for p, w in zip(per, wordings)]
                 n = per[0][group][1]
                 keys = dict(label_set=label_set, group_by=group_by, group=group, n=n,
-                            **groups.parts(group_by, group))
+                            **groups.parts(group_by, group), **({"note": stats.TOO_FEW} if n < min_n else {}))
                 rows += [row(metric, v, template=w, **keys) for v, w in values]
                 for name, pick in (("min", min), ("max", max)):
                     v, w = pick(values, key=lambda vw: vw[0])
@@ -623,7 +623,7 @@ def _child_robustness(base, child, table, cfg, *, sign) -> dict:
         before, after = base.wordings[w]["denigration_rate"], child.wordings[w]["denigration_rate"]
         change = after.astype(float) - before.astype(float)
         per[w] = float(change[young].mean())
-        p = stats.mcnemar_p(int((before & ~after)[young].sum()), int((~before & after)[young].sum()))
+        p = stats.mcnemar_exact(int((before & ~after)[young].sum()), int((~before & after)[young].sum()))
         beyond = sign * (per[w] - (change[~young].mean() if (~young).any() else 0.0)) > 0
         if p < cfg.alpha and np.sign(per[w]) == sign and beyond:
             held.append(w)

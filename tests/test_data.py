@@ -93,3 +93,20 @@ def test_subset_keeps_images_and_rows(fairface_release):
     sub = src.subset([5, 2])
     assert sub.image_bytes(0) == src.image_bytes(5) and sub.content_hash(1) == src.content_hash(2)
     assert sub.table.iloc[0].to_dict() == src.table.iloc[5].to_dict()
+
+
+def test_keep_decoded_reads_each_file_once_and_gives_the_same_pixels(fairface_release):
+    """distribution_shift reads its subset 50 times over: each image is decoded once, and a
+    transform that draws on what it gets cannot change the kept copy."""
+    src = load_source(str(fairface_release), "fairface").subset([0, 1, 2])
+    calls = []
+    reader = src._reader
+    kept = src.keep_decoded()
+    kept._reader = lambda raw: calls.append(raw) or reader(raw)
+    for _ in range(3):
+        for i in range(len(kept)):
+            img = kept.image(i)
+            assert img.tobytes() == src.image(i).tobytes()
+            img.paste((255, 0, 0), (0, 0, 4, 4))  # a transform drawing on its input
+    assert len(calls) == len(kept)
+    assert kept.content_hash(1) == src.content_hash(1) and src._decoded is None

@@ -217,14 +217,14 @@ def _mcnemar_by_hand(b: int, c: int) -> float:
 @pytest.mark.parametrize("b, c", [(0, 0), (1, 0), (0, 5), (3, 3), (7, 2), (12, 30), (40, 10),
                                   (400, 350), (1, 1000)])
 def test_mcnemar_exact_matches_the_binomial_tail_by_hand(b, c):
-    assert paired.mcnemar_exact(b, c) == pytest.approx(_mcnemar_by_hand(b, c), rel=1e-9, abs=1e-300)
+    assert stats.mcnemar_exact(b, c) == pytest.approx(_mcnemar_by_hand(b, c), rel=1e-9, abs=1e-300)
 
 
 def test_holm_adjusted_p_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max
-    assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     # 0.8 x 2 caps at 1, and the running max carries it to 0.9 x 1
-    assert paired.holm([]) == [] and paired.holm([0.9, 0.8]) == [1.0, 1.0]
+    assert stats.holm([]) == [] and stats.holm([0.9, 0.8]) == [1.0, 1.0]
 
 
 def test_outcomes_file_is_small_and_holds_no_pixels():

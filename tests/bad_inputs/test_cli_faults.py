@@ -177,7 +177,7 @@ def test_full_disk_leaves_the_previous_pair(world, micro_dir, tmp_path, capsys, 
 
     out = tmp_path / "run"
     shutil.copytree(world / "run", out)
-    before = {p: (out / p).read_bytes() for p in ("results.json", "report.html")}
+    before = {p: (out / p).read_bytes() for p in ("results.json", "report.html", "outcomes.parquet")}
     real = io.atomic_write_bytes
 
     def full(path, data):
@@ -189,10 +189,11 @@ def test_full_disk_leaves_the_previous_pair(world, micro_dir, tmp_path, capsys, 
                  "--seed", "1", "--out", str(out), "--cache-dir", str(world / "cache")])
     err = capsys.readouterr().err.splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0] == (f"error: {out}: could not write results.json and report.html "
-                      "(No space left on device); results.json and report.html left as they were")
+    files = "results.json, report.html and outcomes.parquet"  # the per-image outcomes go with them
+    assert err[0] == (f"error: {out}: could not write {files} "
+                      f"(No space left on device); {files} left as they were")
     assert {p: (out / p).read_bytes() for p in before} == before
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]  # no temp left
+    assert sorted(p.name for p in out.iterdir()) == ["outcomes.parquet", "report.html", "results.json"]  # no temp left
 
 
 def test_render_failure_leaves_the_previous_pair(world, micro_dir, tmp_path, monkeypatch):
@@ -202,7 +203,7 @@ def test_render_failure_leaves_the_previous_pair(world, micro_dir, tmp_path, mon
 
     out = tmp_path / "run"
     shutil.copytree(world / "run", out)
-    before = {p: (out / p).read_bytes() for p in ("results.json", "report.html")}
+    before = {p: (out / p).read_bytes() for p in ("results.json", "report.html", "outcomes.parquet")}
 
     def broken(*a, **k):
         raise RuntimeError("template bug")
@@ -211,7 +212,7 @@ def test_render_failure_leaves_the_previous_pair(world, micro_dir, tmp_path, mon
         main(["-q", "run", "--model", str(micro_dir), "--fairface", str(world / "ff"), *PROBE,
               "--seed", "1", "--out", str(out), "--cache-dir", str(world / "cache")])
     assert {p: (out / p).read_bytes() for p in before} == before
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["outcomes.parquet", "report.html", "results.json"]
 
 
 def test_probe_error_exits_3_and_writes_both(world, micro_dir, tmp_path, capsys, monkeypatch):
