@@ -13,10 +13,8 @@ cell; a column is never guessed from its name.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 from audit.compare import meta_of, metric_of, row_key
+from audit.data import hash_strings
 from audit.policy import headline_wording, row_matches
 
 TABLE_VERSION = 1
@@ -111,5 +109,4 @@ def data_fingerprint(data: dict) -> str | None:
     same data in the same roles (the per-source ones stay in `data`)."""
     if not data:
         return None
-    text = json.dumps(sorted(data.items()), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hash_strings(f"{role}\0{fp}" for role, fp in sorted(data.items()))

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 ATTRIBUTES = ("race", "gender", "age")
 GROUP_COLUMNS = ATTRIBUTES + tuple(groups.CROSSINGS)  # every group column a row may be by
 RATES = HARM_RATES  # metric -> (categories counted, words for a message): audit.labels
-UNDER_20 = ("0-2", "3-9", "10-19")  # FairFace's age buckets below 20, the paper's headline
+# FairFace's age buckets below 20, the paper's headline band (audit.groups holds the bands)
+UNDER_20 = tuple(age for age, band in groups.AGE_BANDS.items() if band == "under 20")
 
 
 @register_probe
@@ -171,8 +172,7 @@ def _image_outcomes(outcomes, rows, table):
             for metric in RATES:
                 columns[f"{metric}/{short}/w{j}"] = out.wordings[wording][metric]
                 keys[f"{metric}/{short}/w{j}"] = {"metric": metric, "label_set": short, "template": wording}
-    made = {"age_band": np.where(_under_20(table), "under 20", "20 and over"),
-            **{c: table[c].astype(str).to_numpy() for c in groups.CROSSINGS if c in table}}
+    made = {c: table[c].astype(str).to_numpy() for c in ("age_band", *groups.CROSSINGS) if c in table}
     return ImageOutcomes("fairface", columns, keys, groups=made)
 
 
