@@ -228,8 +228,9 @@ def test_holm_adjusted_p_by_hand():
 
 
 def test_outcomes_file_is_small_and_holds_no_pixels():
-    """What fairface_label_bias writes for 10,000 faces (2 label sets x 3 rates, 14 wordings x 3
-    rates, race/gender/age and the age band) stays under 1 MB."""
+    """What fairface_label_bias writes for 10,000 faces (2 label sets x 3 rates, each under the
+    ensemble and the 14 wordings alone; race/gender/age, the age band and the two crossings)
+    stays under 1 MB."""
     from tests.conftest import AGES, GENDERS, RACES
 
     n, rng = 10_000, np.random.default_rng(0)
@@ -237,19 +238,22 @@ def test_outcomes_file_is_small_and_holds_no_pixels():
     src.table["gender"], src.table["age"] = rng.choice(GENDERS, n), rng.choice(AGES, n)
     names = [f"{m}/{ls}" for m in ("non_human_rate", "crime_rate", "denigration_rate")
              for ls in ("default", "with_child")]
-    names += [f"{m}/default/w{j}" for m in ("non_human_rate", "crime_rate", "denigration_rate")
-              for j in range(14)]
+    names += [f"{m}/{ls}/w{j}" for m in ("non_human_rate", "crime_rate", "denigration_rate")
+              for ls in ("default", "with_child") for j in range(14)]
     columns = {c: rng.random(n) < 0.1 for c in names}
     keys = {c: {"metric": c.split("/")[0], "label_set": c.split("/")[1]} for c in names}
-    rows = [row("crime_rate", 0.1, group_by=g) for g in ("overall", "race", "gender", "age", "age_band")]
-    result = ProbeResult(rows=rows, image_outcomes=ImageOutcomes(
-        "faces", columns, keys, groups={"age_band": rng.choice(["under 20", "20 and over"], n)}))
+    rows = [row("crime_rate", 0.1, group_by=g) for g in ("overall", "race", "gender", "age", "age_band",
+                                                         "race_x_gender", "age_band_x_gender")]
+    from audit.groups import with_crossings
+    made, _ = with_crossings(src.table)
+    made = {c: made[c].to_numpy() for c in ("age_band", "race_x_gender", "age_band_x_gender")}
+    result = ProbeResult(rows=rows, image_outcomes=ImageOutcomes("faces", columns, keys, groups=made))
     built = outcomes.collect({"p": result}, {"p": result.to_json()}, {"faces": src})
     print(f"outcomes.parquet for {n} images, {len(columns)} columns: {len(built.data):,} bytes")
     assert len(built.data) < 1_000_000
     frame = outcomes.frame(built.data)
     assert set(frame.columns) == {"source", "image", "by/race", "by/gender", "by/age",
-                                  "p/by/age_band", *(f"p/{c}" for c in names)}
+                                  *(f"p/by/{c}" for c in made), *(f"p/{c}" for c in names)}
     assert frame["image"].tolist() == [src.content_hash(i) for i in range(n)]
     assert (frame["p/crime_rate/default"].to_numpy(bool) == columns["crime_rate/default"]).all()
 
