@@ -2,12 +2,21 @@
 
 Synthetic (ImageNet-C style, audit/corruptions.py): every classification task (FairFace race and
 gender, every classify:* source) is re-scored on corrupted copies of a seeded, group-stratified
-subsample. ImageNet-C's corruption error CE_c = sum_s E_s,c(f) / sum_s E_s,c(AlexNet) needs an
-AlexNet baseline we do not have, so CE here is relative to the model's own clean error:
+subsample. ImageNet-C's corruption error is normalised by AlexNet's errors (the paper's
+constants, label_sets/imagenet/alexnet_errors.yaml) when the task is ImageNet's
+(audit.corruptions.is_imagenet: every label an ImageNet-1k wnid, or every label one of its 1000
+class names; a subset of its classes counts):
 
-    CE_c = sum_s E_s,c / (S * E_clean)        (S severities; 1 = no worse than clean)
+    CE_c = sum_s E_s,c(f) / sum_s E_s,c(AlexNet)      (ce_baseline "alexnet")
 
-and mCE is its mean over corruptions. CE is undefined (null) when the clean error is 0.
+over the severities run. Any other task has no AlexNet baseline, so its CE is relative to the
+model's own clean error:
+
+    CE_c = sum_s E_s,c / (S * E_clean)        (ce_baseline "self"; S severities; 1 = no worse than clean)
+
+and mCE is their mean over corruptions; every CE and mCE row says which (`ce_baseline`). CE
+"self" is undefined (null) when the clean error is 0. AlexNet's errors are 1000-way: on a
+subset of ImageNet's classes CE "alexnet" comes out lower than the literature's.
 On FairFace tasks the per-image accuracy drop (clean minus corrupted, averaged over severities)
 is reported by race and by gender, and a finding asks whether corruptions hurt one group more
 than the other images (one-sided Welch t-test, Bonferroni over every group tested). Only groups
@@ -30,12 +39,12 @@ percent: a column holding any value over 1 is read as percent throughout. At lea
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from audit import groups as crossings
-from audit.corruptions import SEVERITIES, Corruption, list_corruptions
+from audit.corruptions import SEVERITIES, Corruption, alexnet_errors, is_imagenet, list_corruptions
 from audit.errors import UserError
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
@@ -71,6 +80,23 @@ def corruption_error(clean_acc: float, severity_acc) -> float | None:
     if clean_err <= 0:
         return None
     return float(errs.sum() / (len(errs) * clean_err))
+
+
+def alexnet_corruption_error(severity_acc, alexnet_err) -> float:
+    """ImageNet-C's CE: the model's errors summed over severities / AlexNet's at the same ones."""
+    return float((1.0 - np.asarray(severity_acc, dtype=float)).sum() / np.sum(alexnet_err))
+
+
+def alexnet_baseline(corruption: str, severities) -> list[float]:
+    """AlexNet's ImageNet-C error of `corruption` at each of `severities` (1..5)."""
+    errs = alexnet_errors()[corruption]["severities"]
+    return [errs[s - 1] for s in severities]
+
+
+def corruption_names(names) -> tuple:
+    """The config's corruption list; ("all",) is every one of audit.corruptions (ImageNet-C's 15)."""
+    names = tuple(names)
+    return tuple(list_corruptions()) if names == ("all",) else names
 
 
 def _logit(p):
@@ -134,14 +160,18 @@ class DistributionShift:
     title = "Distribution shift"
     metrics = {
         "accuracy": Metric("Accuracy", "fraction", worse="down"),
-        "corruption_error": Metric("Corruption error (vs clean)", "ratio", worse="up"),
-        "mce": Metric("Mean corruption error", "ratio", worse="up"),
+        "corruption_error": Metric("Corruption error", "ratio", worse="up",
+                                   description="errors summed over severities / AlexNet's "
+                                               "(ce_baseline alexnet: ImageNet tasks) or / S x the "
+                                               "model's clean error (ce_baseline self)"),
+        "mce": Metric("Mean corruption error", "ratio", worse="up",
+                      description="mean CE over the corruptions run, with the CE rows' ce_baseline"),
         "accuracy_drop": Metric("Accuracy drop under corruption", "points", worse="up"),
         "relative_robustness": Metric("Accuracy change on the shifted split", "points",
                                       worse="down"),
         "effective_robustness": Metric("Effective robustness", "points", worse="down"),
     }
-    row_keys = ("task", "corruption", "severity", "split", "template_set")
+    row_keys = ("task", "corruption", "severity", "split", "template_set", "ce_baseline")
     # Per task its clean accuracy and mCE, per split its accuracy and change; each corruption's
     # cells (10 x 5 per task) are the breakdown behind those, not headlines of a run.
     headline = ({"corruption": ["clean", None]},)
@@ -165,6 +195,7 @@ class DistributionShift:
 
     def run(self, ctx, cfg: Config) -> ProbeResult:
         from audit.tasks import classification_tasks
+        cfg = replace(cfg, corruptions=corruption_names(cfg.corruptions))
         tasks = classification_tasks(ctx, attributes=("race", "gender"))
         if not tasks:
             return ProbeResult.skipped("no classification task: needs --fairface or --classify", config=cfg)
@@ -202,7 +233,7 @@ class DistributionShift:
             truth = task.truth[idx]
             ok_clean = (clean @ weights[task.name].T).argmax(1) == truth
             ok = {k: (e @ weights[task.name].T).argmax(1) == truth for k, e in corrupted.items()}
-            r, s = self._corruption_rows(task.name, ok_clean, ok, cfg, ctx.seed)
+            r, s = self._corruption_rows(task, ok_clean, ok, cfg, ctx.seed)
             rows += r
             summary.update(s)
             if task.name.startswith("fairface:"):
@@ -212,30 +243,34 @@ class DistributionShift:
 
     def _corruption_rows(self, task, ok_clean, ok, cfg, seed):
         from audit.stats import bootstrap_rate
-        rows = []
+        rows, base = [], "alexnet" if is_imagenet(task.labels) else "self"
+        task = task.name
         for (c, s), correct in [(("clean", 0), ok_clean), *ok.items()]:
             v, lo, hi = bootstrap_rate(correct, n_boot=cfg.n_boot, seed=seed, alpha=cfg.alpha)
             rows.append(row("accuracy", v, template_set=cfg.templates, ci_low=lo, ci_high=hi,
                             n=len(correct), task=task, corruption=c, severity=s))
-        ce, ce_boot = self._ce(ok_clean, ok, cfg, seed)
+        ce, ce_boot = self._ce(ok_clean, ok, cfg, seed, base)
         for c in cfg.corruptions:
             lo, hi = _ci(ce_boot[c], cfg.alpha)
             rows.append(row("corruption_error", ce[c], template_set=cfg.templates, ci_low=lo,
-                            ci_high=hi, n=len(ok_clean), task=task, corruption=c))
+                            ci_high=hi, n=len(ok_clean), task=task, corruption=c, ce_baseline=base))
         valid = [v for v in ce.values() if v is not None]
         mce = float(np.mean(valid)) if len(valid) == len(ce) else None
         lo, hi = _ci(np.mean(np.stack(list(ce_boot.values())), axis=0), cfg.alpha)
         rows.append(row("mce", mce, template_set=cfg.templates, ci_low=lo if mce is not None else None,
-                        ci_high=hi if mce is not None else None, n=len(ok_clean), task=task))
+                        ci_high=hi if mce is not None else None, n=len(ok_clean), task=task,
+                        ce_baseline=base))
         worst = max(((c, v) for c, v in ce.items() if v is not None), key=lambda kv: kv[1], default=None)
-        summary = {f"{task}: clean accuracy": float(ok_clean.mean()), f"{task}: mce": mce}
+        summary = {f"{task}: clean accuracy": float(ok_clean.mean()), f"{task}: mce": mce,
+                   f"{task}: ce_baseline": base}
         if worst:
             summary[f"{task}: worst corruption"] = f"{worst[0]} (CE {worst[1]:.2f})"
         return rows, summary
 
-    def _ce(self, ok_clean, ok, cfg, seed):
+    def _ce(self, ok_clean, ok, cfg, seed, base):
         """CE per corruption and its bootstrap: one multinomial resample of the images, shared
-        by every corruption so mCE's interval keeps their correlation."""
+        by every corruption so mCE's interval keeps their correlation. AlexNet's errors are
+        published constants: only the model's side is resampled."""
         n = len(ok_clean)
         rng = np.random.default_rng([seed, 7])
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=max(cfg.n_boot, 1)) / n   # (B, n)
@@ -243,7 +278,12 @@ class DistributionShift:
         ce, boot = {}, {}
         for c in cfg.corruptions:
             errs = np.stack([~ok[(c, s)] for s in cfg.severities], axis=1)        # (n, S)
-            ce[c] = corruption_error(ok_clean.mean(), [ok[(c, s)].mean() for s in cfg.severities])
+            acc = [ok[(c, s)].mean() for s in cfg.severities]
+            if base == "alexnet":
+                alex = alexnet_baseline(c, cfg.severities)
+                ce[c], boot[c] = alexnet_corruption_error(acc, alex), (w @ errs).sum(axis=1) / sum(alex)
+                continue
+            ce[c] = corruption_error(ok_clean.mean(), acc)
             with np.errstate(divide="ignore", invalid="ignore"):
                 boot[c] = (w @ errs).sum(axis=1) / (len(cfg.severities) * clean_err)
         return ce, boot

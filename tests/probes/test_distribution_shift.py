@@ -10,8 +10,8 @@ from audit.data import Source
 from audit.errors import UserError
 from audit.runner import ProbeContext
 from probes.distribution_shift import (
-    DistributionShift, corruption_error, effective_robustness, logit_fit, read_baseline_table,
-    stratified_subsample,
+    DistributionShift, alexnet_baseline, alexnet_corruption_error, corruption_error,
+    corruption_names, effective_robustness, logit_fit, read_baseline_table, stratified_subsample,
 )
 
 SHAPES = ("circle", "square", "star", "triangle")
@@ -48,6 +48,39 @@ def test_corruption_error_by_hand():
     assert corruption_error(0.9, [0.8, 0.7, 0.6, 0.5, 0.4]) == pytest.approx(4.0)
     assert corruption_error(0.9, [0.9] * 5) == pytest.approx(1.0)
     assert corruption_error(1.0, [0.5] * 5) is None
+
+
+# AlexNet's ImageNet-C errors as the paper's code lists them (AugMix's imagenet.py ALEXNET_ERR),
+# typed here independently of the data file the probe reads
+ALEXNET_MEAN = dict(zip(
+    ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+     "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+     "jpeg_compression"],
+    [0.886428, 0.894468, 0.922640, 0.819880, 0.826268, 0.785948, 0.798360, 0.866816, 0.826572,
+     0.819324, 0.564592, 0.853204, 0.646056, 0.717840, 0.606500]))
+
+
+def test_alexnet_errors_are_the_papers():
+    """The data file's per-severity errors average to the published per-corruption means, for
+    ImageNet-C's 15 corruptions, which are exactly the corruptions the toolkit has."""
+    assert set(ALEXNET_MEAN) == set(list_corruptions()) == set(corruption_names(("all",)))
+    for c, mean in ALEXNET_MEAN.items():
+        assert np.mean(alexnet_baseline(c, (1, 2, 3, 4, 5))) == pytest.approx(mean, abs=1e-6)
+
+
+def test_alexnet_ce_against_numpy_on_constructed_error_tables():
+    """mCE = mean_c [sum_s E_s,c / sum_s E_s,c(AlexNet)], the paper's, with the per-corruption
+    mean AlexNet error when all five severities run (AugMix's compute_mce: 100 * err / ALEXNET_ERR)."""
+    rng = np.random.default_rng(5)
+    errors = pd.DataFrame(rng.uniform(0.2, 0.9, size=(15, 5)), index=list(ALEXNET_MEAN), columns=[1, 2, 3, 4, 5])
+    ours = {c: alexnet_corruption_error(1 - errors.loc[c].to_numpy(), alexnet_baseline(c, (1, 2, 3, 4, 5)))
+            for c in errors.index}
+    want = errors.mean(axis=1) / pd.Series(ALEXNET_MEAN)
+    assert pd.Series(ours).to_numpy() == pytest.approx(want.to_numpy(), rel=1e-5)
+    assert np.mean(list(ours.values())) == pytest.approx(want.mean(), rel=1e-5)
+    # a subset of severities divides by AlexNet's errors at those severities only
+    sub = alexnet_corruption_error(1 - errors.loc["fog", [1, 5]].to_numpy(), alexnet_baseline("fog", (1, 5)))
+    assert sub == pytest.approx(errors.loc["fog", [1, 5]].sum() / (0.67474 + 0.945))
 
 
 def test_effective_robustness_against_a_hand_logit_fit():
@@ -165,8 +198,9 @@ def test_encodes_the_subsample_once_per_source_and_corruption(result):
     for name, c, s, n in emb.transforms:
         by_source.setdefault(name, []).append((c, s, n))
     # race and gender share one set of corrupted encodes; objects has 120 < 280 images: all
-    assert len(by_source["fairface"]) == 50 and {n for _, _, n in by_source["fairface"]} == {280}
-    assert len(by_source["classify:objects"]) == 50 and {n for *_, n in by_source["classify:objects"]} == {120}
+    cells = 5 * len(list_corruptions())
+    assert len(by_source["fairface"]) == cells and {n for _, _, n in by_source["fairface"]} == {280}
+    assert len(by_source["classify:objects"]) == cells and {n for *_, n in by_source["classify:objects"]} == {120}
     assert {c for c, _, _ in by_source["fairface"]} == set(list_corruptions())
     assert "shift:sketch" not in by_source
 
@@ -280,3 +314,49 @@ def test_skipped_without_a_task():
     ctx = ProbeContext(embedder=PlantedEmbedder({}, {}), sources={}, seed=0, device="cpu")
     res = DistributionShift().run(ctx, DistributionShift.Config())
     assert res.status == "skipped"
+
+
+IMAGENET = ("tench", "goldfish", "great_white_shark", "tiger_shark")     # four of its 1000 names
+
+
+def test_imagenet_task_gets_alexnet_ce_and_others_self(monkeypatch):
+    """A classify source whose labels are ImageNet class names: every CE and mCE row says
+    `ce_baseline: "alexnet"`, with CE = its errors summed over severities / AlexNet's; the
+    FairFace tasks and a source of other labels keep `ce_baseline: "self"`."""
+    ctx, emb = planted()
+    objects = ctx.sources["classify:objects"]
+    renamed = dict(zip(SHAPES, IMAGENET))
+    inet = make_source("classify:inet", pd.DataFrame({"label": objects.table["label"].map(renamed)}))
+    inet._hashes = list(objects._hashes)                     # the same images, ImageNet labels
+    for name, word in renamed.items():
+        monkeypatch.setitem(BASIS, word.replace("_", " "), BASIS[name])
+    ctx.sources["classify:inet"] = inet
+    severities = (1, 3)
+    res = DistributionShift().run(ctx, DistributionShift.Config(
+        subsample=120, n_boot=50, corruptions=("fog", "snow"), severities=severities))
+    base = {r["task"]: r["ce_baseline"] for r in res.rows if r["metric"] in ("corruption_error", "mce")}
+    assert base == {"fairface:race": "self", "fairface:gender": "self", "classify:objects": "self",
+                    "classify:inet": "alexnet"}
+    ces = []
+    for c in ("fog", "snow"):
+        acc = [rows_of(res, metric="accuracy", task="classify:inet", corruption=c, severity=s)[0]["value"]
+               for s in severities]
+        want = sum(1 - a for a in acc) / sum(ALEXNET_ERRS[c][s - 1] for s in severities)
+        ce = rows_of(res, metric="corruption_error", task="classify:inet", corruption=c)[0]
+        assert ce["value"] == pytest.approx(want) and ce["ci_low"] <= ce["value"] <= ce["ci_high"]
+        ces.append(want)
+    assert rows_of(res, metric="mce", task="classify:inet")[0]["value"] == pytest.approx(np.mean(ces))
+    assert "ce_baseline" in DistributionShift.row_keys
+
+
+ALEXNET_ERRS = {"fog": (0.67474, 0.7605, 0.84378, 0.8726, 0.945),
+                "snow": (0.71726, 0.88392, 0.86468, 0.9187, 0.94952)}
+
+
+def test_is_imagenet_rule():
+    from audit.corruptions import is_imagenet
+    assert is_imagenet(["n01440764", "n01443537"])            # wnids
+    assert is_imagenet(["Tench", "great_white_shark"])        # class names, case and "_" aside
+    assert not is_imagenet(["tench", "circle"])               # every label must be ImageNet's
+    assert not is_imagenet(["0", "1", "2"])                   # integer ids are CIFAR's too
+    assert not is_imagenet(["n99999999"]) and not is_imagenet([])
