@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audit import groups, stats, zeroshot
+from audit import groups, harm, stats, zeroshot
 from audit import reference as published
 from audit.errors import UserError
 from audit.labels import HARM_RATES, check_templates, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
-from audit.tasks import ensemble, template_weights
 
 log = logging.getLogger(__name__)
 
@@ -111,30 +110,19 @@ class _Outcome:
 
 def _classify(ctx, img, table, label_set, cfg) -> _Outcome:
     """The headline is the ensemble of the templates (the label set's panel unless templates are
-    forced): the renormalised mean of their text embeddings, the CLIP convention. Each panel
-    wording alone is classified from the same text embeddings (one encode)."""
+    forced); each panel wording alone is classified too (audit.harm.weights: one encode)."""
     classes = label_set["classes"]
-    templates = list(cfg.templates) or label_set["templates"]
-    per = template_weights(ctx, [c["label"] for c in classes], templates)    # (T, C, D)
-    pred = zeroshot.predict(img, ensemble(per))
-    ind = _rates(pred, classes)
+    head, per_wording = harm.weights(ctx, label_set, templates=cfg.templates)
+    pred = zeroshot.predict(img, head)
+    ind = harm.indicators(pred, classes)
     for attr in ("race", "gender"):
         # A non-human, crime or 'child' prediction carries no race: it counts as wrong.
         said = np.array([str(c.get(attr, "")) for c in classes])[pred]
         ind[f"{attr}_accuracy"] = said == table[attr].astype(str).to_numpy()
-    # Forced templates are the user's own wording: no panel to check them against.
-    panel = [] if cfg.templates else list(label_set.get("panel_templates") or [])
-    if panel and panel != list(templates):
-        per = template_weights(ctx, [c["label"] for c in classes], panel)
-    wordings = {t: _rates(zeroshot.predict(img, w), classes) for t, w in zip(panel, per)}
+    wordings = {t: harm.indicators(zeroshot.predict(img, w), classes) for t, w in per_wording.items()}
     log.debug("%s: %d images classified over %d classes, %d wordings", label_set["name"],
               len(pred), len(classes), len(wordings))
     return _Outcome(label_set, pred, ind, wordings)
-
-
-def _rates(pred, classes) -> dict:
-    category = np.array([c.get("category", "") for c in classes])[pred]
-    return {m: np.isin(category, cats) for m, (cats, _) in RATES.items()}
 
 
 def _examples(outcome, table, *, per_group: int = 3) -> list[dict]:
