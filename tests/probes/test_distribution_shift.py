@@ -17,8 +17,10 @@ from probes.distribution_shift import (
 SHAPES = ("circle", "square", "star", "triangle")
 D = 32
 _rng = np.random.default_rng(3)
+# fairface_default's non-human and crime classes get directions of their own too (harm under shift)
+HARM_WORDS = ("animal", "gorilla", "chimpanzee", "orangutan", "thief", "criminal", "suspicious")
 BASIS = dict(zip(["East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino", "Southeast Asian",
-                  "man", "woman", *SHAPES], np.linalg.qr(_rng.normal(size=(D, D)))[0].T))
+                  "man", "woman", *SHAPES, *HARM_WORDS], np.linalg.qr(_rng.normal(size=(D, D)))[0].T))
 
 
 def sigmoid(x):
@@ -119,6 +121,7 @@ class PlantedEmbedder:
     def __init__(self, vecs, scale):
         self.vecs, self.scale, self.transforms = vecs, scale, []
         self.drift = np.zeros(D)
+        self.drift_of = {}          # per image (content hash): a drift of its own
 
     def images(self, source, *, transform=None):
         out = []
@@ -131,7 +134,7 @@ class PlantedEmbedder:
             if transform is not None:
                 seed = zlib.crc32(f"{h}:{transform.name}".encode())   # same draw at every severity
                 v += transform.severity * self.scale[h] * np.random.default_rng(seed).normal(size=D) / np.sqrt(D)
-                v += transform.severity * self.drift
+                v += transform.severity * self.drift_of.get(h, self.drift)
             out.append(v / np.linalg.norm(v))
         return np.stack(out)
 
@@ -243,8 +246,10 @@ def test_group_drop_finds_the_planted_group(result):
     assert max(drops, key=lambda r: r["value"])["group"] == "Black"
     # corruptions hurt Black faces' gender accuracy more: the one finding, with the other
     # images' drop equal to the n-weighted mean of the other races' rows
-    assert [(f["evidence"]["task"], f["evidence"]["group"]) for f in res.findings] == [("fairface:gender", "Black")]
-    ev = res.findings[0]["evidence"]
+    # (harm findings, tested below, carry a `metric` and no `task`)
+    drop_findings = [f for f in res.findings if "task" in f["evidence"]]
+    assert [(f["evidence"]["task"], f["evidence"]["group"]) for f in drop_findings] == [("fairface:gender", "Black")]
+    ev = drop_findings[0]["evidence"]
     black = [r for r in drops if r["group"] == "Black"][0]
     rest = [r for r in drops if r["group"] != "Black"]
     assert ev["drop"] == [black["value"], black["ci_low"], black["ci_high"]]
@@ -304,10 +309,14 @@ def test_natural_shift_rows(result):
 
 
 def test_rows_name_their_template_set_not_a_label_set(result):
-    """The prompts' template set is `template_set`; `label_set` names label sets only."""
+    """The prompts' template set is `template_set`; `label_set` names label sets only: the harm
+    rows' (fairface_default's short name, prompts from its `people` panel)."""
     _, _, res, cfg = result
-    assert {r["label_set"] for r in res.rows} == {None}
-    assert {r["template_set"] for r in res.rows} == {cfg.templates}
+    harm = [r for r in res.rows if r["metric"].startswith(("non_human_rate", "crime_rate"))]
+    assert {r["label_set"] for r in harm} == {"default"} and {r["template_set"] for r in harm} == {"people"}
+    rest = [r for r in res.rows if r not in harm]
+    assert {r["label_set"] for r in rest} == {None}
+    assert {r["template_set"] for r in rest} == {cfg.templates}
 
 
 def test_skipped_without_a_task():
@@ -360,3 +369,119 @@ def test_is_imagenet_rule():
     assert not is_imagenet(["tench", "circle"])               # every label must be ImageNet's
     assert not is_imagenet(["0", "1", "2"])                   # integer ids are CIFAR's too
     assert not is_imagenet(["n99999999"]) and not is_imagenet([])
+
+
+# -- harm under shift ------------------------------------------------------------------------------
+
+HARM_CFG = dict(subsample=280, n_boot=200, corruptions=("fog", "snow"), severities=(1, 3))
+
+
+def harm_world(planted_race=None):
+    """Every face equally noisy under corruption; the faces of `planted_race` (if any) also drift
+    towards 'gorilla' as severity grows: their non-human rate rises, nobody else's does."""
+    ctx, emb = planted()
+    faces = ctx.sources["fairface"]
+    emb.scale.update({h: 0.6 for h in faces._hashes})
+    if planted_race:
+        for i, race in enumerate(faces.table["race"]):
+            if race == planted_race:
+                emb.drift_of[faces.content_hash(i)] = 0.45 * BASIS["gorilla"]
+    return ctx, emb
+
+
+def harm_oracle(ctx, emb, cfg):
+    """pandas: per face of the subsample, the harm indicators under fairface_default's ensemble
+    of its people panel (renormalised mean of the wordings' text embeddings), clean and corrupted."""
+    from audit.labels import load_label_set
+    faces = ctx.sources["fairface"]
+    idx = stratified_subsample((faces.table["race"] + "|" + faces.table["gender"]).to_numpy(), cfg.subsample, seed=0)
+    ls = load_label_set("fairface_default")
+    cats = np.array([c["category"] for c in ls["classes"]])
+    texts = [t.format(c["label"]) for c in ls["classes"] for t in ls["panel_templates"]]
+    w = emb.texts(texts).reshape(len(ls["classes"]), len(ls["panel_templates"]), -1).mean(axis=1)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    sub = faces.subset(idx)
+    df = faces.table.iloc[idx].reset_index(drop=True).copy()
+    df["age_band"] = "20-39"
+    for c, s in [("clean", 0)] + [(c, s) for c in cfg.corruptions for s in cfg.severities]:
+        e = emb.images(sub) if c == "clean" else emb.images(sub, transform=Corruption(c, s, seed=0))
+        cat = cats[(e @ w.T).argmax(1)]
+        df[f"non_human_rate|{c}|{s}"] = cat == "non_human"
+        df[f"crime_rate|{c}|{s}"] = cat == "crime"
+    return df
+
+
+def test_harm_rates_under_corruption_match_a_pandas_oracle():
+    ctx, emb = harm_world("Indian")
+    cfg = DistributionShift.Config(**HARM_CFG)
+    res = DistributionShift().run(ctx, cfg)
+    df = harm_oracle(ctx, emb, cfg)
+    for metric in ("non_human_rate", "crime_rate"):
+        for c, s in [("clean", 0), ("fog", 1), ("snow", 3)]:
+            col = f"{metric}|{c}|{s}"
+            overall = rows_of(res, metric=metric, corruption=c, severity=s, group_by="overall")[0]
+            assert overall["value"] == pytest.approx(df[col].mean()) and overall["n"] == len(df)
+            for attr in ("race", "gender"):
+                want = df.groupby(attr)[col].mean()
+                got = {r["group"]: r["value"] for r in rows_of(res, metric=metric, corruption=c, severity=s, group_by=attr)}
+                assert got == pytest.approx(want.to_dict())
+    # the excess rise: per face the mean over severities minus clean, group mean minus the rest's
+    rise = df[[f"non_human_rate|fog|{s}" for s in (1, 3)]].mean(axis=1) - df["non_human_rate|clean|0"]
+    for race in df["race"].unique():
+        mine = df["race"] == race
+        r = rows_of(res, metric="non_human_rate_excess_rise", corruption="fog", group_by="race", group=race)[0]
+        assert r["value"] == pytest.approx(rise[mine].mean() - rise[~mine].mean())
+        assert r["rise"] == pytest.approx(rise[mine].mean()) and r["n"] == int(mine.sum())
+    # a group that is every face (one age band here) has no others to rise beyond
+    assert not rows_of(res, metric="non_human_rate_excess_rise", group_by="age_band")
+
+
+def test_planted_harm_rise_is_found_and_robust():
+    ctx, emb = harm_world("Indian")
+    res = DistributionShift().run(ctx, DistributionShift.Config(**HARM_CFG))
+    harm = [f for f in res.findings if "metric" in f["evidence"]]
+    assert harm and {(f["evidence"]["metric"], f["evidence"]["group_by"], f["evidence"]["group"]) for f in harm} \
+        == {("non_human_rate", "race", "Indian")}
+    ev = harm[0]["evidence"]
+    # Bonferroni over groups x rates x corruptions: 7 races + 2 genders (the one age band has no
+    # others), 2 rates, 2 corruptions
+    assert ev["p_cutoff"] == pytest.approx(0.05 / (9 * 2 * 2)) and ev["p"] < ev["p_cutoff"]
+    assert ev["rise"] > 0.2 and abs(ev["rise_rest"]) < 0.05
+    # the planted text embeddings do not depend on the wording: every wording holds
+    assert ev["wordings"] == 14 and ev["wordings_holding"] == 14 and harm[0]["severity"] == "medium"
+    assert res.summary["harm_worst_non_human_rate_group_by"] == "race"
+    assert res.summary["harm_worst_non_human_rate_group"] == "Indian"
+
+
+def test_no_harm_finding_without_a_planted_rise():
+    ctx, emb = harm_world(None)
+    res = DistributionShift().run(ctx, DistributionShift.Config(**HARM_CFG))
+    assert [f for f in res.findings if "metric" in f["evidence"]] == []
+    assert rows_of(res, metric="non_human_rate_excess_rise")     # measured, just nothing to flag
+
+
+def test_wording_dependent_rise_is_low():
+    """A rise that only one of 14 wordings shows holds under 1 of 14: the finding is low and
+    says it is wording-dependent (fairface_label_bias's 2/3 rule)."""
+    from probes import distribution_shift as ds
+    res_w = ds._rise_robustness(
+        {"metric": "non_human_rate", "corruption": "fog", "group_by": "race", "group": "Indian"},
+        _FakeHits(), {"w1": "flagging", **{f"w{i}": "plain" for i in range(2, 15)}},
+        pd.DataFrame({"race": ["Indian"] * 30 + ["White"] * 30}), 0.01, DistributionShift.Config(severities=(1,)))
+    assert res_w["wordings_holding"] == 1 and res_w["wordings_held"] == ["w1"]
+    finding = ds._rise_finding({"metric": "non_human_rate", "corruption": "fog", "group_by": "race",
+                                "group": "Indian", "p": 1e-6,
+                                "row": {"value": 0.5, "ci_low": 0.3, "ci_high": 0.7, "rise": 0.5,
+                                        "rise_rest": 0.0, "n": 30}}, 0.01, 4, res_w)
+    assert finding["severity"] == "low" and finding["message"].startswith("Wording-dependent")
+
+
+class _FakeHits:
+    """Indicators by wording: under "flagging" the first 30 faces become non-human at severity 1."""
+
+    def under(self, w):
+        clean = np.zeros(60, bool)
+        hit = clean.copy()
+        if w == "flagging":
+            hit[:30] = True
+        return {("clean", 0): {"non_human_rate": clean}, ("fog", 1): {"non_human_rate": hit}}
