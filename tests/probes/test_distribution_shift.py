@@ -201,10 +201,10 @@ def test_encodes_the_subsample_once_per_source_and_corruption(result):
     for name, c, s, n in emb.transforms:
         by_source.setdefault(name, []).append((c, s, n))
     # race and gender share one set of corrupted encodes; objects has 120 < 280 images: all
-    cells = 5 * len(list_corruptions())
+    cells = 5 * len(cfg.corruptions)
     assert len(by_source["fairface"]) == cells and {n for _, _, n in by_source["fairface"]} == {280}
     assert len(by_source["classify:objects"]) == cells and {n for *_, n in by_source["classify:objects"]} == {120}
-    assert {c for c, _, _ in by_source["fairface"]} == set(list_corruptions())
+    assert {c for c, _, _ in by_source["fairface"]} == set(cfg.corruptions)
     assert "shift:sketch" not in by_source
 
 
@@ -213,7 +213,7 @@ def test_ce_and_mce_agree_with_the_accuracy_rows(result):
     for task in ("fairface:race", "fairface:gender", "classify:objects"):
         clean = rows_of(res, metric="accuracy", task=task, corruption="clean")[0]["value"]
         ces = []
-        for c in list_corruptions():
+        for c in cfg.corruptions:
             acc = [rows_of(res, metric="accuracy", task=task, corruption=c, severity=s)[0]["value"]
                    for s in (1, 2, 3, 4, 5)]
             ce = rows_of(res, metric="corruption_error", task=task, corruption=c)[0]
@@ -485,3 +485,20 @@ class _FakeHits:
         if w == "flagging":
             hit[:30] = True
         return {("clean", 0): {"non_human_rate": clean}, ("fog", 1): {"non_human_rate": hit}}
+
+
+def test_all_runs_imagenet_cs_fifteen_and_the_default_is_shorter():
+    """`--set distribution_shift.corruptions=all` is ImageNet-C's 15 (in its order); the default
+    (what the demo runs) is the 10 of earlier releases; mCE rows say over how many."""
+    from audit.settings import make_config
+    cfg = make_config(DistributionShift, {"corruptions": "all", "subsample": "28", "n_boot": "20",
+                                          "severities": "[1]", "harm_label_set": ""})
+    assert cfg.corruptions == ("all",)
+    ctx, emb = planted()
+    res = DistributionShift().run(ctx, cfg)
+    assert [r["corruption"] for r in rows_of(res, metric="corruption_error", task="classify:objects")] == list_corruptions()
+    assert list(res.config["corruptions"]) == list_corruptions()       # the resolved list is recorded
+    assert rows_of(res, metric="mce", task="classify:objects")[0]["n_corruptions"] == 15
+    assert not rows_of(res, metric="non_human_rate")                 # harm_label_set "" turns it off
+    default = DistributionShift.Config().corruptions
+    assert len(default) == 10 and set(default) < set(list_corruptions())
