@@ -194,14 +194,16 @@ def _html_path(out: Path | None, default: Path) -> Path:
 @click.option("--policy", type=click.Path(path_type=Path), help="Gates evaluated on CAND with BASE as baseline.")
 @click.option("--fail-on-regression", is_flag=True,
               help="Exit 1 when any row regressed significantly (CIs apart, or the paired test).")
-def compare_cmd(base, cand, out, policy, fail_on_regression):
+@click.option("--include-examples", is_flag=True,
+              help="Thumbnails of the images that moved, in the HTML only (privacy!); read from the runs' sources.")
+def compare_cmd(base, cand, out, policy, fail_on_regression, include_examples):
     """Compare a candidate's results.json with a baseline's: regressions first."""
     from rich.console import Console
 
     from audit import compare as core
     from audit import outcomes
     from audit import policy as gates
-    from audit import results
+    from audit import results, thumbnails
     from audit.io import atomic_write_json
     from reports.compare import print_compare
     from reports.render import check_names, render_compare
@@ -223,7 +225,9 @@ def compare_cmd(base, cand, out, policy, fail_on_regression):
     print_compare(comparison, console)
     if comparison.get("gates"):
         gates.print_gates(comparison["gates"], console)
-    render_compare(comparison, out)
+    moved = (comparison.get("paired") or {}).get("moved") or []
+    shown = thumbnails.for_moved(moved, cand_r.get("data") or {}) if include_examples and moved else {}
+    render_compare(comparison, out, thumbnails=shown)
     written = atomic_write_json(Path(out).with_name("compare.json"), results.jsonable(comparison))
     console.print(f"wrote {out} and {written}")
     gates.raise_if_failed(comparison.get("gates") or [])

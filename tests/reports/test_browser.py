@@ -233,7 +233,17 @@ def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
     row = next(r for r in cand["probes"]["fairface_label_bias"]["rows"]
                if r["metric"] == "crime_rate" and r["group_by"] == "race")
     row.update(value=0.9, ci_low=0.85, ci_high=0.95)
-    out = render_compare(compare(base, cand), tmp_path / "compare.html")
+    comparison = compare(base, cand)
+    # A moved image with its thumbnail (`audit compare --include-examples`) must show, inline.
+    from PIL import Image
+
+    from audit.thumbnails import thumbnail
+    digest = "ab" * 32
+    comparison["paired"] = {"used": True, "note": None, "probes": {}, "images": {"fairface": {digest: {"race": "Black"}}},
+                            "moved": [{"probe": "fairface_label_bias", "column": "x", "source": "fairface",
+                                       "title": "Crime-related labels", "key": {}, "into": [digest], "out_of": []}]}
+    out = render_compare(comparison, tmp_path / "compare.html",
+                         thumbnails={digest: thumbnail(Image.new("RGB", (64, 64), (200, 30, 30)))})
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     browser = Browser(binary, profile)
     try:
@@ -242,6 +252,9 @@ def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
         text = _eval(browser, session, "document.getElementById('regressions')"
                      ".nextElementSibling.innerText")
         assert "Crime-related labels" in text and "90.0%" in text and "crime_rate" not in text
+        shown = _eval(browser, session, "[...document.querySelectorAll('img.thumb')]"
+                      ".map(i => i.complete && i.naturalWidth).join(',')")
+        assert shown == "64"
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
