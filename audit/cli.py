@@ -60,6 +60,8 @@ def cli(verbose, quiet):
 @click.option("--probes", help="Comma-separated probe names (default: all; see `audit probes`).")
 @click.option("--fairface", metavar="SRC", help="FairFace-schema source (race/gender/age).")
 @click.option("--celebrity", metavar="SRC", help="(image, name) source.")
+@click.option("--persons", metavar="SRC", help="People in context: FACET's layout (annotations/annotations.csv + imgs_*/, "
+              "each person cropped by its box) or any source with a label column and attribute columns.")
 @click.option("--shift", metavar="SRC", multiple=True, help="Shifted split of a classify task (label column).")
 @click.option("--classify", metavar="SRC", multiple=True, help="Classification source (label column).")
 @click.option("--world", metavar="PRESET|DIR", help="Use a synthetic world's sources (default when no SRC given).")

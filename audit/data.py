@@ -3,7 +3,9 @@
 SRC forms (DESIGN.md): a Hugging Face id `org/name[:config][@split]`; a `save_to_disk` folder;
 a parquet file or folder; FairFace's release layout (`fairface_label_val.csv` + `val/`); an image
 folder with `metadata.csv` (`file_name` column, the HF imagefolder convention) or `labels.csv`;
-a CSV file of image paths; a synthetic world folder (`audit world`), read by role.
+a CSV file of image paths; a synthetic world folder (`audit world`), read by role; FACET's release
+layout (`annotations/annotations.csv` + `imgs_*/`: one row per annotated person, its image the crop
+of the person's box; audit/persons.py).
 """
 import dataclasses
 import hashlib
@@ -15,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from audit import persons
 from audit.errors import UserError
 from audit.world import layout
 
 log = logging.getLogger(__name__)
 
 REQUIRED = {"fairface": ("race", "gender", "age"), "celebrity": ("name",),
-            "classify": ("label",), "pairs": ("caption",), "any": ()}
+            "classify": ("label",), "pairs": ("caption",), "persons": ("label",), "any": ()}
 FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image")
 FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv")
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?(@[\w.\[\]:%+-]+)?$")
@@ -46,6 +49,7 @@ class Source:
     _raw: list = None               # row -> raw index
     _hashes: list = None            # row -> sha256 of the image bytes
     _decoded: dict = None           # row -> decoded image, when kept (`keep_decoded`)
+    _boxes: list = None             # row -> (left, top, right, bottom) crop of a person, or None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -55,10 +59,14 @@ class Source:
 
     def image(self, i: int):
         if self._decoded is None:
-            return decode_image(self.image_bytes(i))
+            return self._load(i)
         if i not in self._decoded:
-            self._decoded[i] = decode_image(self.image_bytes(i))
+            self._decoded[i] = self._load(i)
         return self._decoded[i].copy()  # a transform may draw on its input
+
+    def _load(self, i: int):
+        img = decode_image(self.image_bytes(i))
+        return img.crop(self._boxes[i]) if self._boxes else img
 
     def keep_decoded(self) -> "Source":
         """This source, keeping each image once decoded: for a small subset that is read many
@@ -75,7 +83,8 @@ class Source:
                       table=self.table.iloc[idx].reset_index(drop=True),
                       fingerprint=hash_strings([self.fingerprint, *map(str, idx)]),
                       skipped=self.skipped, attrs=self.attrs, _reader=self._reader,
-                      _raw=[self._raw[i] for i in idx], _hashes=[self._hashes[i] for i in idx])
+                      _raw=[self._raw[i] for i in idx], _hashes=[self._hashes[i] for i in idx],
+                      _boxes=[self._boxes[i] for i in idx] if self._boxes else None)
 
     def describe(self) -> dict:
         """The entry for results.json's `data` section."""
@@ -138,6 +147,8 @@ def load_source(spec: str, kind: str = "any", *, name: str | None = None, progre
     if kind not in REQUIRED:
         raise ValueError(f"unknown source kind {kind!r}")
     table, reader, paths, resolved = _read_any(spec, kind)
+    if kind == "persons":  # FACET's raw vote columns -> gender_presentation, age_group, skin_tone
+        table = persons.derived(table, resolved)
     _check_columns(table, kind, resolved)
     _check_values(table, kind, resolved)
     _check_duplicates(paths, kind, resolved)
@@ -174,6 +185,8 @@ def _read_split_spec(spec: str):
 def _read_dir(path: Path, spec: str):
     if (path / "fairface_label_val.csv").is_file():
         return _read_fairface(path, "val")
+    if persons.is_facet(path):
+        return persons.read_facet(path, _parse_csv)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _read_hf(_disk_dataset(path, None), spec)
     for table in FOLDER_TABLES:
@@ -182,7 +195,7 @@ def _read_dir(path: Path, spec: str):
     parquets = sorted(path.rglob("*.parquet"))
     if parquets:
         return _read_hf(_parquet_dataset(parquets), spec)
-    raise UserError(f"{spec}: folder has none of fairface_label_val.csv, a datasets save_to_disk, "
+    raise UserError(f"{spec}: folder has none of fairface_label_val.csv, {persons.ANNOTATIONS}, a datasets save_to_disk, "
                     f"{', '.join(FOLDER_TABLES)} or parquet files")
 
 
@@ -195,6 +208,19 @@ def _read_fairface(path: Path, split: str):
 
 
 def _read_csv_table(csv: Path, *, file_column: str | None = None):
+    df = _parse_csv(csv)
+    col = file_column or next((c for c in FILE_COLUMNS if c in df.columns), None)
+    if col is None or col not in df.columns:
+        raise UserError(f"{csv}: no image path column (expected one of {', '.join(FILE_COLUMNS)}); "
+                        f"found columns: {_names(df.columns)}")
+    _check_paths(df[col].tolist(), csv)
+    paths = [str(csv.parent / p) for p in df[col]]
+    table = df.drop(columns=[col]).reset_index(drop=True)
+    return table, lambda i: read_image_file(paths[i]), paths, str(csv)
+
+
+def _parse_csv(csv: Path):
+    """A CSV of strings (nothing read as NaN); any problem reading it is one UserError line."""
     import pandas as pd
 
     try:
@@ -204,14 +230,7 @@ def _read_csv_table(csv: Path, *, file_column: str | None = None):
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{csv}: cannot parse as CSV ({str(e).splitlines()[0]})") from None
     _check_delimiter(df, csv)
-    col = file_column or next((c for c in FILE_COLUMNS if c in df.columns), None)
-    if col is None or col not in df.columns:
-        raise UserError(f"{csv}: no image path column (expected one of {', '.join(FILE_COLUMNS)}); "
-                        f"found columns: {_names(df.columns)}")
-    _check_paths(df[col].tolist(), csv)
-    paths = [str(csv.parent / p) for p in df[col]]
-    table = df.drop(columns=[col]).reset_index(drop=True)
-    return table, lambda i: read_image_file(paths[i]), paths, str(csv)
+    return df
 
 
 def _check_delimiter(df, csv: Path) -> None:
@@ -382,25 +401,35 @@ def _check_values(table, kind: str, where: str) -> None:
 
 
 def _finalize(name, spec, kind, table, reader, paths, *, progress: bool) -> Source:
-    """Read every image once: hash it (cache key, fingerprint) and check that it decodes."""
+    """Read every image once: hash it (cache key, fingerprint) and check that it decodes. A
+    person's crop (persons.CropReader) is hashed as its file's bytes plus the box, so the cache
+    tells two people of one photo apart."""
     from audit.progress import track
 
-    kept, hashes, skipped = [], [], []
+    kept, hashes, skipped, boxes = [], [], [], []
+    crops = isinstance(reader, persons.CropReader)
     for i in track(range(len(table)), description=f"checking {name} images", enabled=progress):
         try:
             data = reader(i)
-            decode_image(data)
+            box = reader.box(i, data) if crops else None
+            if not crops:
+                decode_image(data)
         except (OSError, ValueError) as e:
             skipped.append({"path": paths[i], "reason": str(e) or type(e).__name__})
             continue
         kept.append(i)
-        hashes.append(hashlib.sha256(data).hexdigest())
+        boxes.append(box)
+        h = hashlib.sha256(data)
+        if crops:
+            h.update(("\0crop:%d,%d,%d,%d" % box).encode())
+        hashes.append(h.hexdigest())
     table = table.iloc[kept].reset_index(drop=True)
     fingerprint = hash_strings([*hashes, table.to_csv(index=False)])
     if skipped:
         log.warning("%s: skipped %d undecodable image(s) of %d", spec, len(skipped), len(paths))
     return Source(name=name, spec=spec, kind=kind, table=table, fingerprint=fingerprint,
-                  skipped=skipped, _reader=reader, _raw=kept, _hashes=hashes)
+                  skipped=skipped, _reader=reader, _raw=kept, _hashes=hashes,
+                  _boxes=boxes if crops else None)
 
 
 def _names(columns) -> str:

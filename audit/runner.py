@@ -27,6 +27,7 @@ class RunOptions:
     probes: list[str] | None = None          # None: every registered probe
     fairface: str | None = None
     celebrity: str | None = None
+    persons: str | None = None               # a persons source (FACET's layout: one row per person)
     shift: list[str] = field(default_factory=list)
     classify: list[str] = field(default_factory=list)
     world: str | None = None                 # a world folder or preset; the default when no source is given
@@ -231,7 +232,7 @@ def tool_versions() -> dict:
 def resolve_sources(opts: RunOptions) -> dict:
     from audit.data import load_source
 
-    given = opts.fairface or opts.celebrity or opts.shift or opts.classify
+    given = opts.fairface or opts.celebrity or opts.persons or opts.shift or opts.classify
     if not given or opts.world:
         return world_sources(ensure_world(opts), progress=opts.progress, max_skip=opts.max_skip_share)
     sources = {}
@@ -239,6 +240,8 @@ def resolve_sources(opts: RunOptions) -> dict:
         sources["fairface"] = load_source(opts.fairface, "fairface", progress=opts.progress)
     if opts.celebrity:
         sources["celebrity"] = load_source(opts.celebrity, "celebrity", progress=opts.progress)
+    if opts.persons:
+        sources["persons"] = load_source(opts.persons, "persons", progress=opts.progress)
     for role, specs in (("classify", opts.classify), ("shift", opts.shift)):
         for spec in specs:
             name = f"{role}:{_short_name(spec)}"

@@ -179,6 +179,19 @@ def test_race_by_gender_heatmaps_are_drawn(loaded_report):
     assert all(x == 7 and y == 2 and drawn >= 1 for x, y, drawn in cells), cells
 
 
+def test_person_class_gaps_are_drawn_beside_the_published(loaded_report):
+    """Issue 17.1: one gap chart per attribute (gender presentation carries FACET's Table 4
+    markers), bars with CI whiskers, and the recall chart."""
+    browser, session, _, _ = loaded_report
+    charts = _eval(browser, session, "Array.from(document.querySelectorAll('#probe-person_class_bias .js-plotly-plot'))"
+                   ".map(d => [d.data.map(t => t.type), d.data[0].x.length, !!d.querySelector('.main-svg'),"
+                   " d.data[0].error_y && d.data[0].error_y.array.filter(v => v !== null).length])")
+    assert len(charts) == 3, charts
+    gender, tone, recall = charts
+    assert gender[0] == ["bar", "scatter"] and gender[1] == 4 and gender[3] == 4  # the reference markers
+    assert tone[0] == ["bar"] * 3 and all(c[2] for c in charts)
+
+
 def test_a_finding_draws_its_wording_strip(loaded_report):
     """Issue 15.5: k/K and one dot per wording for the group (and a ring for the rest)."""
     browser, session, _, _ = loaded_report
