@@ -44,9 +44,9 @@ class PlantedEmbedder:
 
 
 def make_source(name, table):
-    n = len(table)
-    return Source(name=name, spec="planted", kind="classify", table=table, fingerprint=name,
-                  _reader=lambda i: b"", _raw=list(range(n)), _hashes=[f"{name}-{i}" for i in range(n)])
+    """A classify source of no image files: the planted embedder keys vectors by row hash."""
+    hashes = [f"{name}-{i}" for i in range(len(table))]
+    return Source(name, "planted", "classify", table, name, _raw=list(range(len(table))), _hashes=hashes)
 
 
 def planted(*, hard_noise=6.0, noise=2.5, per=140, seed=0):
