@@ -64,6 +64,9 @@ def cli(verbose, quiet):
               "each person cropped by its box) or any source with a label column and attribute columns.")
 @click.option("--shift", metavar="SRC", multiple=True, help="Shifted split of a classify task (label column).")
 @click.option("--classify", metavar="SRC", multiple=True, help="Classification source (label column).")
+@click.option("--group-by", metavar="COLS",
+              help="Group columns of the classify sources, comma-separated (group_accuracy); default: those of "
+                   "region, income_group, income_level, income (where no income_group), country it has.")
 @click.option("--world", metavar="PRESET|DIR", help="Use a synthetic world's sources (default when no SRC given).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("audit-out"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -88,6 +91,8 @@ def run_cmd(**kw):
     from audit import runner
 
     probes = [p.strip() for p in kw.pop("probes").split(",") if p.strip()] if kw.get("probes") else None
+    group_by = [c.strip() for c in (kw.pop("group_by") or "").split(",") if c.strip()]
+    kw["group_by"] = group_by or None
     opts = runner.RunOptions(**{**kw, "probes": probes, "shift": list(kw["shift"]), "overrides": list(kw["overrides"]),
                                 "classify": list(kw["classify"]), "argv": runner.python_argv()})
     results = runner.run(opts)

@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 
 REQUIRED = {"fairface": ("race", "gender", "age"), "celebrity": ("name",),
             "classify": ("label",), "pairs": ("caption",), "persons": ("label",), "any": ()}
-FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image")
-FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv")
+FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image",
+                "file_path", "imageRelPath")  # the last two: GeoDE's index.csv, Dollar Street's
+# GeoDE's release (index.csv) and Dollar Street's (MLCommons dataset_dollarstreet: the ImageNet
+# test split's table first, then all images; the Hugging Face copy nlphuji/dollar_street_test)
+GEODE_TABLES = ("index.csv",)
+DOLLAR_STREET_TABLES = ("images_v2_imagenet_test.csv", "images_v2.csv", "dollar_street_test.csv")
+FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv", *GEODE_TABLES, *DOLLAR_STREET_TABLES)
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?(@[\w.\[\]:%+-]+)?$")
 FAIRFACE_VALUES = {  # FairFace's own strings (its release CSV and the Hub's ClassLabel names)
     "race": ("East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"),
@@ -147,12 +152,17 @@ def load_source(spec: str, kind: str = "any", *, name: str | None = None, progre
     if kind not in REQUIRED:
         raise ValueError(f"unknown source kind {kind!r}")
     table, reader, paths, resolved = _read_any(spec, kind)
+    attrs = {}
     if kind == "persons":  # FACET's raw vote columns -> gender_presentation, age_group, skin_tone
         table = persons.derived(table, resolved)
+    if kind == "classify":  # GeoDE's and Dollar Street's own columns, read as-is
+        table, attrs = known_layout(table, resolved)
     _check_columns(table, kind, resolved)
     _check_values(table, kind, resolved)
     _check_duplicates(paths, kind, resolved)
-    return _finalize(name or kind, spec, kind, table, reader, paths, progress=progress)
+    source = _finalize(name or kind, spec, kind, table, reader, paths, progress=progress)
+    source.attrs.update(attrs)
+    return source
 
 
 def _read_any(spec: str, kind: str):
@@ -374,6 +384,84 @@ def _image_column(features) -> str | None:
         return isinstance(f, dict) and "bytes" in f and set(f) <= {"bytes", "path"}
     named = [c for c in features if c.lower() in ("image", "img", "picture")]
     return next((c for c in named if image_like(features[c])), None)
+
+
+# -- GeoDE and Dollar Street, read as they are released ----------------------------------------
+# GeoDE (Ramaswamy et al., NeurIPS 2023): index.csv with file_path, object, region, ip_country;
+# its Hugging Face copy (MLap/GeoDE) has image, object, region, ip_country.
+# Dollar Street (Gaviria Rojas et al., NeurIPS 2022; MLCommons dataset_dollarstreet):
+# images_v2*.csv with id, country.id, country.name, region.id, type, imageRelPath, topics
+# (a list, e.g. "['toothbrush']"), place, income, imagenet_synonyms, imagenet_sysnet_id.
+GEODE_COLUMNS = ("object", "region")
+DOLLAR_STREET_COLUMNS = ("topics", "income", "region.id")
+
+
+def known_layout(table, where: str):
+    """(table, attrs): a GeoDE or Dollar Street table (by its file name, or by its columns when
+    it has no `label`) as a classify source: `label` from its object / first topic, `region`,
+    `country`, and for Dollar Street `income_group` (audit.groups.bin_numeric; the bins go to
+    attrs["group_bins"]). Any other table comes back as it is."""
+    name = Path(str(where)).name
+    by_name = "geode" if name in GEODE_TABLES else "dollar street" if name in DOLLAR_STREET_TABLES else None
+    has = set(table.columns)
+    by_columns = None if "label" in has else \
+        "dollar street" if {"topics", "income"} <= has else "geode" if set(GEODE_COLUMNS) <= has else None
+    layout_ = by_name or by_columns
+    if layout_ is None:
+        return table, {}
+    need = DOLLAR_STREET_COLUMNS if layout_ == "dollar street" else GEODE_COLUMNS
+    missing = [c for c in need if c not in has]
+    if missing:
+        raise UserError(f"{where}: a {'Dollar Street' if layout_ == 'dollar street' else 'GeoDE'} table needs "
+                        f"column(s) {', '.join(need)}; missing {', '.join(missing)}; found: {_names(table.columns)}")
+    table = table.copy()
+    if layout_ == "geode":
+        table["label"] = table["object"].astype(str)
+        if "ip_country" in has and "country" not in has:
+            table["country"] = table["ip_country"].astype(str)
+        return table, {}
+    return _dollar_street(table, where)
+
+
+def _dollar_street(table, where: str):
+    from audit import groups
+
+    table["label"] = [_first_topic(v, where, i) for i, v in enumerate(table["topics"])]
+    table["region"] = table["region.id"].astype(str)
+    if "country.name" in table.columns and "country" not in table.columns:
+        table["country"] = table["country.name"].astype(str)
+    income = _numbers(table["income"], where, "income")
+    rule = groups.load_bins()
+    table["income_group"], edges = groups.bin_numeric(income, rule)
+    bins = {"income_group": {"from": "income", "rule": rule["name"], "edges": edges,
+                             "labels": list(rule["labels"]), "file": rule["path"]}}
+    return table, {"group_bins": bins}
+
+
+def _first_topic(value, where: str, i: int) -> str:
+    """A topics cell is a list written as text ("['toothbrush', 'tooth paste']", JSON, or a
+    numpy repr); the image's class is its first topic."""
+    text = str(value).strip()
+    quoted = re.findall(r"'([^']*)'|\"([^\"]*)\"", text)
+    topics = [a or b for a, b in quoted] if quoted else [t.strip() for t in text.strip("[]").split(",")]
+    topics = [t.strip() for t in topics if t.strip()]
+    if not topics:
+        raise UserError(f"{where}: {_line(where, i)}: topics {text!r} names no topic")
+    return topics[0]
+
+
+def _numbers(column, where: str, name: str):
+    import pandas as pd
+
+    x = pd.to_numeric(column, errors="coerce")
+    if x.isna().any():
+        i = int(x.isna().to_numpy().argmax())
+        raise UserError(f"{where}: {_line(where, i)}: {name} {column.iloc[i]!r} is not a number")
+    return x.to_numpy(dtype=float)
+
+
+def _line(where: str, i: int) -> str:
+    return f"line {i + 2}" if str(where).endswith(".csv") else f"row {i}"
 
 
 def _check_columns(table, kind: str, where: str) -> None:

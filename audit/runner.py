@@ -30,6 +30,7 @@ class RunOptions:
     persons: str | None = None               # a persons source (FACET's layout: one row per person)
     shift: list[str] = field(default_factory=list)
     classify: list[str] = field(default_factory=list)
+    group_by: list[str] | None = None        # group columns of the classify sources; None: audit.groups' known ones
     world: str | None = None                 # a world folder or preset; the default when no source is given
     out: Path = Path("audit-out")
     device: str = "auto"
@@ -92,6 +93,7 @@ def run(opts: RunOptions) -> dict:
                              device=device, trust_checkpoint=opts.trust_checkpoint)
     with _phase(clock, "world"), distributed.main_first():  # one rank generates a missing world
         sources = resolve_sources(opts)
+    set_group_columns(sources, opts.group_by)
     cache = None if opts.no_cache else (opts.cache_dir or embed.default_cache_dir()) / "embeddings"
     embedder = embed.Embedder(bundle, cache_dir=cache, batch_size=opts.batch_size,
                               workers=opts.workers, progress=progress)
@@ -248,6 +250,16 @@ def resolve_sources(opts: RunOptions) -> dict:
             sources[name] = load_source(spec, "classify", name=name, progress=opts.progress)
     check_skips(sources, opts.max_skip_share)
     return sources
+
+
+def set_group_columns(sources: dict, requested: list[str] | None) -> None:
+    """Each classify source's group columns (group_accuracy reads attrs["group_by"]): the ones
+    --group-by names, each checked here, before any encoding; else the known ones it has."""
+    from audit.groups import group_columns_of
+
+    for name, s in sources.items():
+        if name.split(":")[0] == "classify":
+            s.attrs["group_by"] = group_columns_of(s.table, requested, where=f"{name} ({s.spec})")
 
 
 def world_sources(world: Path, *, progress: bool, max_skip: float) -> dict:
