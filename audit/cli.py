@@ -60,8 +60,13 @@ def cli(verbose, quiet):
 @click.option("--probes", help="Comma-separated probe names (default: all; see `audit probes`).")
 @click.option("--fairface", metavar="SRC", help="FairFace-schema source (race/gender/age).")
 @click.option("--celebrity", metavar="SRC", help="(image, name) source.")
+@click.option("--persons", metavar="SRC", help="People in context: FACET's layout (annotations/annotations.csv + imgs_*/, "
+              "each person cropped by its box) or any source with a label column and attribute columns.")
 @click.option("--shift", metavar="SRC", multiple=True, help="Shifted split of a classify task (label column).")
 @click.option("--classify", metavar="SRC", multiple=True, help="Classification source (label column).")
+@click.option("--group-by", metavar="COLS",
+              help="Group columns of the classify sources, comma-separated (group_accuracy); default: those of "
+                   "region, income_group, income_level, income (where no income_group), country it has.")
 @click.option("--world", metavar="PRESET|DIR", help="Use a synthetic world's sources (default when no SRC given).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("audit-out"), show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
@@ -86,6 +91,8 @@ def run_cmd(**kw):
     from audit import runner
 
     probes = [p.strip() for p in kw.pop("probes").split(",") if p.strip()] if kw.get("probes") else None
+    group_by = [c.strip() for c in (kw.pop("group_by") or "").split(",") if c.strip()]
+    kw["group_by"] = group_by or None
     opts = runner.RunOptions(**{**kw, "probes": probes, "shift": list(kw["shift"]), "overrides": list(kw["overrides"]),
                                 "classify": list(kw["classify"]), "argv": runner.python_argv()})
     results = runner.run(opts)
@@ -194,14 +201,16 @@ def _html_path(out: Path | None, default: Path) -> Path:
 @click.option("--policy", type=click.Path(path_type=Path), help="Gates evaluated on CAND with BASE as baseline.")
 @click.option("--fail-on-regression", is_flag=True,
               help="Exit 1 when any row regressed significantly (CIs apart, or the paired test).")
-def compare_cmd(base, cand, out, policy, fail_on_regression):
+@click.option("--include-examples", is_flag=True,
+              help="Thumbnails of the images that moved, in the HTML only (privacy!); read from the runs' sources.")
+def compare_cmd(base, cand, out, policy, fail_on_regression, include_examples):
     """Compare a candidate's results.json with a baseline's: regressions first."""
     from rich.console import Console
 
     from audit import compare as core
     from audit import outcomes
     from audit import policy as gates
-    from audit import results
+    from audit import results, thumbnails
     from audit.io import atomic_write_json
     from reports.compare import print_compare
     from reports.render import check_names, render_compare
@@ -223,7 +232,9 @@ def compare_cmd(base, cand, out, policy, fail_on_regression):
     print_compare(comparison, console)
     if comparison.get("gates"):
         gates.print_gates(comparison["gates"], console)
-    render_compare(comparison, out)
+    moved = (comparison.get("paired") or {}).get("moved") or []
+    shown = thumbnails.for_moved(moved, cand_r.get("data") or {}) if include_examples and moved else {}
+    render_compare(comparison, out, thumbnails=shown)
     written = atomic_write_json(Path(out).with_name("compare.json"), results.jsonable(comparison))
     console.print(f"wrote {out} and {written}")
     gates.raise_if_failed(comparison.get("gates") or [])

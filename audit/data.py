@@ -3,7 +3,9 @@
 SRC forms (DESIGN.md): a Hugging Face id `org/name[:config][@split]`; a `save_to_disk` folder;
 a parquet file or folder; FairFace's release layout (`fairface_label_val.csv` + `val/`); an image
 folder with `metadata.csv` (`file_name` column, the HF imagefolder convention) or `labels.csv`;
-a CSV file of image paths; a synthetic world folder (`audit world`), read by role.
+a CSV file of image paths; a synthetic world folder (`audit world`), read by role; FACET's release
+layout (`annotations/annotations.csv` + `imgs_*/`: one row per annotated person, its image the crop
+of the person's box; audit/persons.py).
 """
 import dataclasses
 import hashlib
@@ -15,15 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from audit import persons
 from audit.errors import UserError
 from audit.world import layout
 
 log = logging.getLogger(__name__)
 
 REQUIRED = {"fairface": ("race", "gender", "age"), "celebrity": ("name",),
-            "classify": ("label",), "pairs": ("caption",), "any": ()}
-FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image")
-FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv")
+            "classify": ("label",), "pairs": ("caption",), "persons": ("label",), "any": ()}
+FILE_COLUMNS = ("file_name", "file", "filepath", "path", "image_path", "image",
+                "file_path", "imageRelPath")  # the last two: GeoDE's index.csv, Dollar Street's
+# GeoDE's release (index.csv) and Dollar Street's (MLCommons dataset_dollarstreet: the ImageNet
+# test split's table first, then all images; the Hugging Face copy nlphuji/dollar_street_test)
+GEODE_TABLES = ("index.csv",)
+DOLLAR_STREET_TABLES = ("images_v2_imagenet_test.csv", "images_v2.csv", "dollar_street_test.csv")
+FOLDER_TABLES = ("metadata.csv", "labels.csv", "captions.csv", *GEODE_TABLES, *DOLLAR_STREET_TABLES)
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?(@[\w.\[\]:%+-]+)?$")
 FAIRFACE_VALUES = {  # FairFace's own strings (its release CSV and the Hub's ClassLabel names)
     "race": ("East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic", "Southeast Asian"),
@@ -46,6 +54,7 @@ class Source:
     _raw: list = None               # row -> raw index
     _hashes: list = None            # row -> sha256 of the image bytes
     _decoded: dict = None           # row -> decoded image, when kept (`keep_decoded`)
+    _boxes: list = None             # row -> (left, top, right, bottom) crop of a person, or None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -55,10 +64,14 @@ class Source:
 
     def image(self, i: int):
         if self._decoded is None:
-            return decode_image(self.image_bytes(i))
+            return self._load(i)
         if i not in self._decoded:
-            self._decoded[i] = decode_image(self.image_bytes(i))
+            self._decoded[i] = self._load(i)
         return self._decoded[i].copy()  # a transform may draw on its input
+
+    def _load(self, i: int):
+        img = decode_image(self.image_bytes(i))
+        return img.crop(self._boxes[i]) if self._boxes else img
 
     def keep_decoded(self) -> "Source":
         """This source, keeping each image once decoded: for a small subset that is read many
@@ -75,7 +88,8 @@ class Source:
                       table=self.table.iloc[idx].reset_index(drop=True),
                       fingerprint=hash_strings([self.fingerprint, *map(str, idx)]),
                       skipped=self.skipped, attrs=self.attrs, _reader=self._reader,
-                      _raw=[self._raw[i] for i in idx], _hashes=[self._hashes[i] for i in idx])
+                      _raw=[self._raw[i] for i in idx], _hashes=[self._hashes[i] for i in idx],
+                      _boxes=[self._boxes[i] for i in idx] if self._boxes else None)
 
     def describe(self) -> dict:
         """The entry for results.json's `data` section."""
@@ -138,10 +152,17 @@ def load_source(spec: str, kind: str = "any", *, name: str | None = None, progre
     if kind not in REQUIRED:
         raise ValueError(f"unknown source kind {kind!r}")
     table, reader, paths, resolved = _read_any(spec, kind)
+    attrs = {}
+    if kind == "persons":  # FACET's raw vote columns -> gender_presentation, age_group, skin_tone
+        table = persons.derived(table, resolved)
+    if kind == "classify":  # GeoDE's and Dollar Street's own columns, read as-is
+        table, attrs = known_layout(table, resolved)
     _check_columns(table, kind, resolved)
     _check_values(table, kind, resolved)
     _check_duplicates(paths, kind, resolved)
-    return _finalize(name or kind, spec, kind, table, reader, paths, progress=progress)
+    source = _finalize(name or kind, spec, kind, table, reader, paths, progress=progress)
+    source.attrs.update(attrs)
+    return source
 
 
 def _read_any(spec: str, kind: str):
@@ -174,6 +195,8 @@ def _read_split_spec(spec: str):
 def _read_dir(path: Path, spec: str):
     if (path / "fairface_label_val.csv").is_file():
         return _read_fairface(path, "val")
+    if persons.is_facet(path):
+        return persons.read_facet(path, _parse_csv)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _read_hf(_disk_dataset(path, None), spec)
     for table in FOLDER_TABLES:
@@ -182,7 +205,7 @@ def _read_dir(path: Path, spec: str):
     parquets = sorted(path.rglob("*.parquet"))
     if parquets:
         return _read_hf(_parquet_dataset(parquets), spec)
-    raise UserError(f"{spec}: folder has none of fairface_label_val.csv, a datasets save_to_disk, "
+    raise UserError(f"{spec}: folder has none of fairface_label_val.csv, {persons.ANNOTATIONS}, a datasets save_to_disk, "
                     f"{', '.join(FOLDER_TABLES)} or parquet files")
 
 
@@ -195,6 +218,19 @@ def _read_fairface(path: Path, split: str):
 
 
 def _read_csv_table(csv: Path, *, file_column: str | None = None):
+    df = _parse_csv(csv)
+    col = file_column or next((c for c in FILE_COLUMNS if c in df.columns), None)
+    if col is None or col not in df.columns:
+        raise UserError(f"{csv}: no image path column (expected one of {', '.join(FILE_COLUMNS)}); "
+                        f"found columns: {_names(df.columns)}")
+    _check_paths(df[col].tolist(), csv)
+    paths = [str(csv.parent / p) for p in df[col]]
+    table = df.drop(columns=[col]).reset_index(drop=True)
+    return table, lambda i: read_image_file(paths[i]), paths, str(csv)
+
+
+def _parse_csv(csv: Path):
+    """A CSV of strings (nothing read as NaN); any problem reading it is one UserError line."""
     import pandas as pd
 
     try:
@@ -204,14 +240,7 @@ def _read_csv_table(csv: Path, *, file_column: str | None = None):
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{csv}: cannot parse as CSV ({str(e).splitlines()[0]})") from None
     _check_delimiter(df, csv)
-    col = file_column or next((c for c in FILE_COLUMNS if c in df.columns), None)
-    if col is None or col not in df.columns:
-        raise UserError(f"{csv}: no image path column (expected one of {', '.join(FILE_COLUMNS)}); "
-                        f"found columns: {_names(df.columns)}")
-    _check_paths(df[col].tolist(), csv)
-    paths = [str(csv.parent / p) for p in df[col]]
-    table = df.drop(columns=[col]).reset_index(drop=True)
-    return table, lambda i: read_image_file(paths[i]), paths, str(csv)
+    return df
 
 
 def _check_delimiter(df, csv: Path) -> None:
@@ -357,6 +386,84 @@ def _image_column(features) -> str | None:
     return next((c for c in named if image_like(features[c])), None)
 
 
+# -- GeoDE and Dollar Street, read as they are released ----------------------------------------
+# GeoDE (Ramaswamy et al., NeurIPS 2023): index.csv with file_path, object, region, ip_country;
+# its Hugging Face copy (MLap/GeoDE) has image, object, region, ip_country.
+# Dollar Street (Gaviria Rojas et al., NeurIPS 2022; MLCommons dataset_dollarstreet):
+# images_v2*.csv with id, country.id, country.name, region.id, type, imageRelPath, topics
+# (a list, e.g. "['toothbrush']"), place, income, imagenet_synonyms, imagenet_sysnet_id.
+GEODE_COLUMNS = ("object", "region")
+DOLLAR_STREET_COLUMNS = ("topics", "income", "region.id")
+
+
+def known_layout(table, where: str):
+    """(table, attrs): a GeoDE or Dollar Street table (by its file name, or by its columns when
+    it has no `label`) as a classify source: `label` from its object / first topic, `region`,
+    `country`, and for Dollar Street `income_group` (audit.groups.bin_numeric; the bins go to
+    attrs["group_bins"]). Any other table comes back as it is."""
+    name = Path(str(where)).name
+    by_name = "geode" if name in GEODE_TABLES else "dollar street" if name in DOLLAR_STREET_TABLES else None
+    has = set(table.columns)
+    by_columns = None if "label" in has else \
+        "dollar street" if {"topics", "income"} <= has else "geode" if set(GEODE_COLUMNS) <= has else None
+    layout_ = by_name or by_columns
+    if layout_ is None:
+        return table, {}
+    need = DOLLAR_STREET_COLUMNS if layout_ == "dollar street" else GEODE_COLUMNS
+    missing = [c for c in need if c not in has]
+    if missing:
+        raise UserError(f"{where}: a {'Dollar Street' if layout_ == 'dollar street' else 'GeoDE'} table needs "
+                        f"column(s) {', '.join(need)}; missing {', '.join(missing)}; found: {_names(table.columns)}")
+    table = table.copy()
+    if layout_ == "geode":
+        table["label"] = table["object"].astype(str)
+        if "ip_country" in has and "country" not in has:
+            table["country"] = table["ip_country"].astype(str)
+        return table, {}
+    return _dollar_street(table, where)
+
+
+def _dollar_street(table, where: str):
+    from audit import groups
+
+    table["label"] = [_first_topic(v, where, i) for i, v in enumerate(table["topics"])]
+    table["region"] = table["region.id"].astype(str)
+    if "country.name" in table.columns and "country" not in table.columns:
+        table["country"] = table["country.name"].astype(str)
+    income = _numbers(table["income"], where, "income")
+    rule = groups.load_bins()
+    table["income_group"], edges = groups.bin_numeric(income, rule)
+    bins = {"income_group": {"from": "income", "rule": rule["name"], "edges": edges,
+                             "labels": list(rule["labels"]), "file": rule["path"]}}
+    return table, {"group_bins": bins}
+
+
+def _first_topic(value, where: str, i: int) -> str:
+    """A topics cell is a list written as text ("['toothbrush', 'tooth paste']", JSON, or a
+    numpy repr); the image's class is its first topic."""
+    text = str(value).strip()
+    quoted = re.findall(r"'([^']*)'|\"([^\"]*)\"", text)
+    topics = [a or b for a, b in quoted] if quoted else [t.strip() for t in text.strip("[]").split(",")]
+    topics = [t.strip() for t in topics if t.strip()]
+    if not topics:
+        raise UserError(f"{where}: {_line(where, i)}: topics {text!r} names no topic")
+    return topics[0]
+
+
+def _numbers(column, where: str, name: str):
+    import pandas as pd
+
+    x = pd.to_numeric(column, errors="coerce")
+    if x.isna().any():
+        i = int(x.isna().to_numpy().argmax())
+        raise UserError(f"{where}: {_line(where, i)}: {name} {column.iloc[i]!r} is not a number")
+    return x.to_numpy(dtype=float)
+
+
+def _line(where: str, i: int) -> str:
+    return f"line {i + 2}" if str(where).endswith(".csv") else f"row {i}"
+
+
 def _check_columns(table, kind: str, where: str) -> None:
     missing = [c for c in REQUIRED[kind] if c not in table.columns]
     if missing:
@@ -382,25 +489,35 @@ def _check_values(table, kind: str, where: str) -> None:
 
 
 def _finalize(name, spec, kind, table, reader, paths, *, progress: bool) -> Source:
-    """Read every image once: hash it (cache key, fingerprint) and check that it decodes."""
+    """Read every image once: hash it (cache key, fingerprint) and check that it decodes. A
+    person's crop (persons.CropReader) is hashed as its file's bytes plus the box, so the cache
+    tells two people of one photo apart."""
     from audit.progress import track
 
-    kept, hashes, skipped = [], [], []
+    kept, hashes, skipped, boxes = [], [], [], []
+    crops = isinstance(reader, persons.CropReader)
     for i in track(range(len(table)), description=f"checking {name} images", enabled=progress):
         try:
             data = reader(i)
-            decode_image(data)
+            box = reader.box(i, data) if crops else None
+            if not crops:
+                decode_image(data)
         except (OSError, ValueError) as e:
             skipped.append({"path": paths[i], "reason": str(e) or type(e).__name__})
             continue
         kept.append(i)
-        hashes.append(hashlib.sha256(data).hexdigest())
+        boxes.append(box)
+        h = hashlib.sha256(data)
+        if crops:
+            h.update(("\0crop:%d,%d,%d,%d" % box).encode())
+        hashes.append(h.hexdigest())
     table = table.iloc[kept].reset_index(drop=True)
     fingerprint = hash_strings([*hashes, table.to_csv(index=False)])
     if skipped:
         log.warning("%s: skipped %d undecodable image(s) of %d", spec, len(skipped), len(paths))
     return Source(name=name, spec=spec, kind=kind, table=table, fingerprint=fingerprint,
-                  skipped=skipped, _reader=reader, _raw=kept, _hashes=hashes)
+                  skipped=skipped, _reader=reader, _raw=kept, _hashes=hashes,
+                  _boxes=boxes if crops else None)
 
 
 def _names(columns) -> str:

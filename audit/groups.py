@@ -46,3 +46,62 @@ def components(group_by: str) -> tuple:
     return CROSSINGS.get(group_by, (group_by,))
 
 
+
+
+# -- group columns of a classify source (group_accuracy, `audit run --group-by`) ---------------
+# Looked for when --group-by names none, in this order: geography and income as Dollar Street,
+# GeoDE and DataComp's evaluations group them. `income` only where no `income_group` is (the
+# Dollar Street reader keeps the raw number beside its bins).
+KNOWN_GROUP_COLUMNS = ("region", "income_group", "income_level", "income", "country")
+SUPERSEDED = {"income": "income_group"}
+INCOME_BINS = "income_quartiles"  # label_sets/groups/<name>.yaml
+NUMERIC_GROUPS_MAX = 12  # a numeric column with more distinct values is binned (INCOME_BINS)
+
+
+def group_columns_of(table: pd.DataFrame, requested=None, *, where: str) -> list[str]:
+    """The columns to group a classify source by: `requested` (each must be there, else one
+    UserError naming the source and its columns), or the known ones it has."""
+    from audit.errors import UserError
+
+    if requested:
+        missing = [c for c in requested if c not in table.columns]
+        if missing:
+            raise UserError(f"{where}: no column {', '.join(missing)} to group by (--group-by); "
+                            f"its columns: {', '.join(map(str, table.columns))}")
+        return list(requested)
+    return [c for c in KNOWN_GROUP_COLUMNS
+            if c in table.columns and SUPERSEDED.get(c) not in table.columns]
+
+
+def load_bins(name: str = INCOME_BINS) -> dict:
+    """A binning rule, label_sets/groups/<name>.yaml (or a YAML path): `labels` and either
+    `quantiles` or `edges`, one cut fewer than labels."""
+    from importlib import resources
+    from pathlib import Path
+
+    from audit.errors import UserError
+    from audit.labels import read_yaml
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else \
+        Path(str(resources.files("label_sets"))) / "groups" / f"{name}.yaml"
+    rule = read_yaml(path)
+    cuts = rule.get("quantiles", rule.get("edges"))
+    labels = rule.get("labels")
+    if not isinstance(cuts, list) or not isinstance(labels, list) or len(labels) != len(cuts) + 1:
+        raise UserError(f"{path}: needs 'labels' and 'quantiles' (or 'edges'), one cut fewer than labels")
+    return {**rule, "path": str(path)}
+
+
+def bin_numeric(values, rule: dict) -> tuple[list[str], list[float]]:
+    """Each value's bin label under `rule` (load_bins) and the inner edges used: a value on an
+    edge goes to the lower bin. Quantiles are of these values themselves."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    edges = np.quantile(x, rule["quantiles"]) if "quantiles" in rule else np.asarray(rule["edges"], dtype=float)
+    codes = np.searchsorted(edges, x, side="left")
+    return [rule["labels"][c] for c in codes], [float(e) for e in edges]
+
+
+def is_numeric(values) -> bool:
+    return pd.to_numeric(pd.Series(values), errors="coerce").notna().all()

@@ -27,8 +27,10 @@ class RunOptions:
     probes: list[str] | None = None          # None: every registered probe
     fairface: str | None = None
     celebrity: str | None = None
+    persons: str | None = None               # a persons source (FACET's layout: one row per person)
     shift: list[str] = field(default_factory=list)
     classify: list[str] = field(default_factory=list)
+    group_by: list[str] | None = None        # group columns of the classify sources; None: audit.groups' known ones
     world: str | None = None                 # a world folder or preset; the default when no source is given
     out: Path = Path("audit-out")
     device: str = "auto"
@@ -91,6 +93,7 @@ def run(opts: RunOptions) -> dict:
                              device=device, trust_checkpoint=opts.trust_checkpoint)
     with _phase(clock, "world"), distributed.main_first():  # one rank generates a missing world
         sources = resolve_sources(opts)
+    set_group_columns(sources, opts.group_by)
     cache = None if opts.no_cache else (opts.cache_dir or embed.default_cache_dir()) / "embeddings"
     embedder = embed.Embedder(bundle, cache_dir=cache, batch_size=opts.batch_size,
                               workers=opts.workers, progress=progress)
@@ -231,7 +234,7 @@ def tool_versions() -> dict:
 def resolve_sources(opts: RunOptions) -> dict:
     from audit.data import load_source
 
-    given = opts.fairface or opts.celebrity or opts.shift or opts.classify
+    given = opts.fairface or opts.celebrity or opts.persons or opts.shift or opts.classify
     if not given or opts.world:
         return world_sources(ensure_world(opts), progress=opts.progress, max_skip=opts.max_skip_share)
     sources = {}
@@ -239,12 +242,24 @@ def resolve_sources(opts: RunOptions) -> dict:
         sources["fairface"] = load_source(opts.fairface, "fairface", progress=opts.progress)
     if opts.celebrity:
         sources["celebrity"] = load_source(opts.celebrity, "celebrity", progress=opts.progress)
+    if opts.persons:
+        sources["persons"] = load_source(opts.persons, "persons", progress=opts.progress)
     for role, specs in (("classify", opts.classify), ("shift", opts.shift)):
         for spec in specs:
             name = f"{role}:{_short_name(spec)}"
             sources[name] = load_source(spec, "classify", name=name, progress=opts.progress)
     check_skips(sources, opts.max_skip_share)
     return sources
+
+
+def set_group_columns(sources: dict, requested: list[str] | None) -> None:
+    """Each classify source's group columns (group_accuracy reads attrs["group_by"]): the ones
+    --group-by names, each checked here, before any encoding; else the known ones it has."""
+    from audit.groups import group_columns_of
+
+    for name, s in sources.items():
+        if name.split(":")[0] == "classify":
+            s.attrs["group_by"] = group_columns_of(s.table, requested, where=f"{name} ({s.spec})")
 
 
 def world_sources(world: Path, *, progress: bool, max_skip: float) -> dict:

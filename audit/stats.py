@@ -399,6 +399,16 @@ def excess_tests(hit: np.ndarray, groups: Sequence, *, min_n: int) -> list[dict]
     return out
 
 
+def difference_p_value(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact test that two groups' rates differ (k of n positive in each):
+    the test of a recall gap between two groups of people, either way (person_class_bias)."""
+    from scipy.stats import fisher_exact
+
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    return float(fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided")[1])
+
+
 def mcnemar_exact(moved_in: int, moved_out: int) -> float:
     """Two-sided exact McNemar p-value: with no change, each of the b + c images that moved went
     either way with probability 1/2, so b ~ Binomial(b + c, 1/2)."""

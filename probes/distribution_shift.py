@@ -31,7 +31,7 @@ race, gender and age band, with bootstrap CIs. Per image and corruption its rise
 harm indicator over severities minus its clean one (paired: the same images); a group whose
 rise exceeds the other images' (one-sided Welch t-test, Bonferroni over groups x rates x
 corruptions) is a finding, re-tested under each panel wording alone: under fewer than 2/3 of
-them it is "wording-dependent" (low), fairface_label_bias's rule (audit.stats.is_robust).
+them it is "wording-dependent" (low), fairface_label_bias's rule (audit.findings.with_robustness).
 
 Natural (Taori et al. 2020): every shift:* source is a shifted split of the classify task whose
 labels contain its labels. Reported: accuracy per split, relative robustness (shifted minus
@@ -56,6 +56,7 @@ from audit import groups as crossings
 from audit import harm, stats, zeroshot
 from audit.corruptions import SEVERITIES, Corruption, alexnet_errors, is_imagenet, list_corruptions
 from audit.errors import UserError
+from audit.findings import with_robustness
 from audit.labels import HARM_RATES, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
@@ -568,6 +569,7 @@ def _rise_robustness(test, hits, per_wording, table, cutoff, cfg) -> dict:
 
 
 def _rise_finding(test, cutoff, n_tests, robust) -> dict:
+    """The finding, with fairface_label_bias's wording rule (audit.findings.with_robustness)."""
     r = test["row"]
     words = HARM[test["metric"]][1]
     message = (f"{test['corruption']} raises how often {test['group_by']}={test['group']} faces are "
@@ -576,17 +578,8 @@ def _rise_finding(test, cutoff, n_tests, robust) -> dict:
                f"{cutoff:.1g}, Bonferroni over {n_tests} groups x rates x corruptions).")
     evidence = {k: test[k] for k in ("metric", "corruption", "group_by", "group", "p")}
     evidence.update(excess_rise=r["value"], ci_low=r["ci_low"], ci_high=r["ci_high"], rise=r["rise"],
-                    rise_rest=r["rise_rest"], n=r["n"], p_cutoff=cutoff, **robust)
-    finding = {"severity": "medium", "message": message, "evidence": evidence}
-    if not robust:
-        return finding
-    k, n = robust["wordings_holding"], robust["wordings"]
-    if stats.is_robust(k, n):
-        finding["message"] += f" Holds under {k} of {n} wordings."
-    else:
-        finding["severity"] = "low"
-        finding["message"] = f"Wording-dependent: {message} Holds under only {k} of {n} wordings."
-    return finding
+                    rise_rest=r["rise_rest"], n=r["n"], p_cutoff=cutoff)
+    return with_robustness({"severity": "medium", "message": message, "evidence": evidence}, robust)
 
 
 def _harm_summary(rise_rows, label_set) -> dict:

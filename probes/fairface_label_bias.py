@@ -15,6 +15,7 @@ import numpy as np
 from audit import groups, harm, stats, zeroshot
 from audit import reference as published
 from audit.errors import UserError
+from audit.findings import with_robustness
 from audit.labels import HARM_RATES, check_templates, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
@@ -422,7 +423,7 @@ def _group_findings(rows, cfg, *, outcomes, table) -> list[dict]:
     group's CI clear of the overall CI": a group that is half the images (men) is half of the
     overall rate too, so that rule missed a 3% vs 0.4% gap at p < 1e-5. Denigration is
     reported only for groups not already flagged for its parts. Each finding is then re-tested
-    under each panel wording alone (`_with_robustness`), and a finding of a set without a
+    under each panel wording alone (`audit.findings.with_robustness`), and a finding of a set without a
     'child' class says what becomes of it once 'child' is offered (`_with_coverage`)."""
     tested = [r for r in rows if r["metric"] in RATES and r["template"] == HEADLINE
               and r["group_by"] in GROUP_COLUMNS and r["ci_low"] is not None]
@@ -439,7 +440,7 @@ def _group_findings(rows, cfg, *, outcomes, table) -> list[dict]:
         flagged.add(key)
         finding = _excess_finding(r, overall, cfg, p_value=p, cutoff=cutoff)
         robust = _robustness(r, outcomes[r["label_set"]].wordings, table, cutoff)
-        findings.append(_with_robustness(finding, robust))
+        findings.append(with_robustness(finding, robust))
     findings = _new_in_crossings(findings)
     flagged_rates = {_rate_key(f["evidence"]) for f in findings}
     return [_with_coverage(f, rows, outcomes, table, cfg, flagged_rates, cutoff) for f in findings]
@@ -478,23 +479,6 @@ def _robustness(r, wordings, table, cutoff) -> dict:
             "per_wording": {w: float(v) for w, v in zip(names, test["rate"])},
             "per_wording_overall": {w: float(v) for w, v in zip(names, test["overall"])},
             "per_wording_rest": {w: float(v) for w, v in zip(names, rest)}}
-
-
-def _with_robustness(finding: dict, robust: dict) -> dict:
-    """A finding that holds under fewer than 2/3 of the panel's wordings is wording-dependent:
-    severity low, naming the wordings it appears under (the verdict hangs on the prompt)."""
-    if not robust:
-        return finding
-    finding["evidence"].update(robust)
-    k, n = robust["wordings_holding"], robust["wordings"]
-    if stats.is_robust(k, n):
-        finding["message"] += f" Holds under {k} of {n} wordings."
-        return finding
-    shown = ", ".join(repr(w) for w in robust["wordings_held"][:4]) or "none alone"
-    finding["severity"] = "low"
-    finding["message"] = (f"Wording-dependent: {finding['message']} Holds under only {k} of {n} wordings "
-                          f"({shown}), fewer than two thirds.")
-    return finding
 
 
 def _with_coverage(finding, rows, outcomes, table, cfg, flagged, cutoff) -> dict:
@@ -594,7 +578,7 @@ def _child_findings(rows, cfg, *, outcomes=None, table=None) -> list[dict]:
         finding = {"severity": "info", "message": message, "evidence": evidence}
         robust = outcomes and _child_robustness(outcomes[effect["baseline"]], outcomes[effect["label_set"]],
                                                 table, cfg, sign=np.sign(effect["value"]))
-        findings.append(_with_robustness(finding, robust) if robust else finding)
+        findings.append(with_robustness(finding, robust) if robust else finding)
     return findings
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442",
            "#000000"]
 PATTERNS = ["", "/", ".", "x", "\\", "+", "-", "|"]
+HIGHLIGHT = "#D55E00"  # Okabe-Ito vermillion: the bar a chart singles out (the worst group)
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "cross", "star", "hexagon"]
 REFERENCE_STYLE = {"color": "#000000", "symbol": "diamond-open", "size": 11,
                    "line": {"width": 2}}
@@ -178,18 +179,18 @@ class ChartBuilder:
                      caption, self.meta)
 
     def bar(self, rows, *, title, x="group", series=None, percent=False, x_title="",
-            y_title="", reference=None, caption="") -> Chart | None:
-        """Grouped bars with CI error bars; `reference` = {"name", "points": {x: value}}."""
+            y_title="", reference=None, caption="", highlight=None) -> Chart | None:
+        """Grouped bars with CI error bars; `reference` = {"name", "points": {x: value}};
+        `highlight`: the x label whose bars stand out (another colour and a hatch, so not by
+        colour alone), e.g. the worst group a probe named."""
         if not rows:
             return None
         traces = []
         for i, (name, part) in enumerate(self._split(rows, series)):
-            traces.append({"type": "bar", "name": name, "x": [_label(r.get(x)) for r in part],
+            xs = [_label(r.get(x)) for r in part]
+            traces.append({"type": "bar", "name": name, "x": xs,
                            "y": [r.get("value") for r in part], "error_y": _error_bars(part),
-                           "marker": {"color": PALETTE[i % 8], "line": {"color": "#333",
-                                      "width": 0.5},
-                                      "pattern": {"shape": PATTERNS[i % 8], "fgcolor": "#fff",
-                                                  "fillmode": "overlay", "solidity": 0.3}},
+                           "marker": self._bar_marker(i, xs, highlight),
                            "hovertemplate": _hover(percent)})
         refs = [reference] if isinstance(reference, dict) else list(reference or [])
         for j, ref in enumerate(refs):
@@ -201,6 +202,18 @@ class ChartBuilder:
             for t in traces:
                 t["offsetgroup"] = t.get("offsetgroup") or t["name"]
         return self._new(title, {"data": traces, "layout": layout}, rows, caption)
+
+    @staticmethod
+    def _bar_marker(i, xs, highlight) -> dict:
+        marker = {"color": PALETTE[i % 8], "line": {"color": "#333", "width": 0.5},
+                  "pattern": {"shape": PATTERNS[i % 8], "fgcolor": "#fff", "fillmode": "overlay",
+                              "solidity": 0.3}}
+        if highlight is not None and _label(highlight) in xs:
+            marked = [v == _label(highlight) for v in xs]
+            marker["color"] = [HIGHLIGHT if m else PALETTE[i % 8] for m in marked]
+            marker["pattern"]["shape"] = ["x" if m else PATTERNS[i % 8] for m in marked]
+            marker["line"]["width"] = [2.5 if m else 0.5 for m in marked]
+        return marker
 
     def line(self, rows, *, title, x, series=None, percent=False, x_title="", y_title="",
              log_x=False, extra=(), caption="") -> Chart | None:

@@ -63,13 +63,15 @@ def render_report(results: dict, out: Path, *, include_examples: bool = False) -
     return _write(out, _render("report.html.j2", context, plugins=_plugin_dirs(sections)))
 
 
-def render_compare(comparison: dict, out: Path) -> Path:
-    """Write the HTML of an `audit.compare.compare()` result to `out`, atomically."""
+def render_compare(comparison: dict, out: Path, *, thumbnails: dict | None = None) -> Path:
+    """Write the HTML of an `audit.compare.compare()` result to `out`, atomically; `thumbnails`
+    ({sha256: data URI}, from `audit compare --include-examples`) go beside the moved images."""
     rows = comparison.get("rows", [])
     # The CSV keeps the raw ids (metric, every key of the row), the page shows titles.
     flat = [{**r.get("key", {}), **{k: v for k, v in r.items() if k not in ("key", "paired")},
              **{f"paired_{k}": v for k, v in (r.get("paired") or {}).items()}} for r in rows]
-    context = {"c": comparison, "rows": rows, "csv": charts.csv_uri(flat)}
+    shown = {h: uri for h, uri in (thumbnails or {}).items() if THUMBNAIL_RE.match(str(uri))}
+    context = {"c": comparison, "rows": rows, "csv": charts.csv_uri(flat), "thumbnails": shown}
     return _write(out, _render("compare.html.j2", context))
 
 

@@ -37,7 +37,13 @@ def _start(model, src, work: Path) -> subprocess.Popen:
             "--probes", "fairface_label_bias,retrieval_skew", "--batch-size", "8", "--seed", "7",
             "--out", str(work / "out"), "--cache-dir", str(work / "cache")]
     return subprocess.Popen(argv, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then keeps it ignored: Ctrl-C must reach the run as it does from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _finish(proc: subprocess.Popen) -> dict:

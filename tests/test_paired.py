@@ -348,6 +348,44 @@ def test_run_writes_outcomes_and_compare_pairs_them(micro_arch, micro_dir, fairf
                and r.get("template") == "ensemble"]
     assert overall and all(r["test"] == "mcnemar_exact" for r in overall)
 
+    # --include-examples: each moved image's thumbnail, read back from the source the runs name,
+    # in the HTML only. The oracle finds the images by hashing the files themselves.
+    from PIL import Image
+
+    from audit.thumbnails import thumbnail
+    assert main(["compare", str(a / "results.json"), str(b / "results.json"), "-o", str(tmp_path / "shown.html"),
+                 "--include-examples"]) == 0
+    moved = {h for mv in doc["paired"]["moved"] for h in mv["into"] + mv["out_of"]}
+    assert moved    # two random models disagree on some of the 12 faces
+    files = {hashlib.sha256(f.read_bytes()).hexdigest(): f for f in (fairface_release / "val").iterdir()}
+    shown = (tmp_path / "shown.html").read_text()
+    assert all(thumbnail(Image.open(files[h])) in shown for h in moved)
+    assert shown.count('<img class="thumb"') >= len(moved) and "Contains images of people" in shown
+    assert "data:image" not in (tmp_path / "compare.json").read_text()
+    assert '<img class="thumb"' not in (tmp_path / "c.html").read_text()
+
     assert main(["-q", "run", "--model", str(micro_dir), "--out", str(a), "--probes",
                  "celebrity_identification", *common]) == 0
     assert not (a / "outcomes.parquet").exists() and "outcomes" not in json.loads((a / "results.json").read_text())
+
+
+def test_moved_thumbnails_need_the_same_data_back(fairface_release, tmp_path, caplog):
+    """A source reopened with other data, or not at all, costs its thumbnails with a warning,
+    never the comparison; the same data gives each listed image's own thumbnail."""
+    import shutil
+
+    from audit.data import load_source
+    from audit.thumbnails import for_moved, thumbnail
+
+    src = load_source(str(fairface_release), "fairface")
+    moved = [{"source": "fairface", "into": [src.content_hash(0)], "out_of": [src.content_hash(3)]}]
+    shown = for_moved(moved, {"fairface": src.describe()})
+    assert shown == {src.content_hash(i): thumbnail(src.image(i)) for i in (0, 3)}
+    assert for_moved(moved, {"fairface": {**src.describe(), "fingerprint": "0" * 64}}) == {}
+    assert "holds other data" in caplog.text
+    (fairface_release / "fairface_label_val.csv").unlink()
+    assert for_moved(moved, {"fairface": src.describe()}) == {}
+    assert "cannot reopen" in caplog.text
+    caplog.clear()
+    shutil.rmtree(fairface_release)     # the whole folder gone: the same one warning
+    assert for_moved(moved, {"fairface": src.describe()}) == {} and "cannot reopen" in caplog.text

@@ -40,6 +40,10 @@ CELEBRITY = {"ViT-L/14": [59.2, 43.3, 42.2], "RN50x64": [56.4, 39.5, 38.4],
 # "Retrieval skew" and "Retrieval skew: the target distribution": gender MaxSkew (uniform
 # target) and ImageNet top-1 (%)
 RETRIEVAL = {"ViT-B/16": (0.233, 68.1), "DebiasCLIP": (0.113, 67.6)}
+# "Person classes in context (FACET)": Table 4's recall differences across perceived gender
+# presentation (points), better for male presentation then better for female presentation
+FACET_MALE = {"gardener": 16.4, "craftsman": 13.6, "laborer": 10.3, "skateboarder": 8.8, "prayer": 8.8, "waiter": 8.3}
+FACET_FEMALE = {"dancer": 21.7, "retailer": 17.0, "reporter": 16.0, "nurse": 12.9, "student": 12.8, "gymnast": 8.5}
 
 
 def expected() -> dict:
@@ -66,6 +70,11 @@ def expected() -> dict:
             put("celebrity_identification", pct / 100, metric="top1_accuracy", model=model, candidates=n)
     for model, (skew, _) in RETRIEVAL.items():
         put("retrieval_skew", skew, metric="max_skew", model=model, group_by="gender", desired="uniform")
+    for sign, gaps in ((1, FACET_MALE), (-1, FACET_FEMALE)):  # rows are masculine minus feminine
+        for cls, points in gaps.items():
+            put("person_class_bias", sign * points / 100, metric="recall_gap", label_set="facet_classes",
+                group_by="gender_presentation", group="masculine", versus="feminine", model="ViT-B/32",
+                **{"class": cls})
     return out
 
 
@@ -86,7 +95,8 @@ def test_each_published_number_is_the_reference_docs(ident):
         assert row["ci_low"] is None and row["ci_high"] is None
 
 
-@pytest.mark.parametrize("probe", ["fairface_label_bias", "celebrity_identification", "retrieval_skew"])
+@pytest.mark.parametrize("probe", ["fairface_label_bias", "celebrity_identification", "retrieval_skew",
+                                   "person_class_bias"])
 def test_the_data_holds_no_other_number(probe):
     """Every row is one of REFERENCE.md's numbers above, once; no percentage slipped in."""
     want = [k for p, k in expected() if p == probe]
@@ -198,3 +208,13 @@ def test_the_numbers_above_are_reference_md_sentences():
     assert [text_rows[("denigration_rate", s, "age_band", "under 20")][0]
             for s in ("default", "with_child")] == [32.3, 8.7]
     assert RETRIEVAL == {"ViT-B/16": (0.233, 68.1), "DebiasCLIP": (0.113, 67.6)}
+
+
+@needs_md
+def test_the_facet_gaps_above_are_reference_md_sentences():
+    text = " ".join(_reference_md().read_text(encoding="utf-8").split())
+    for side, gaps in (("male", FACET_MALE), ("female", FACET_FEMALE)):
+        match = re.search(rf"better for {side} presentation — ((?:[a-z]+ [\d.]+(?:, | points))+)", text)
+        assert match, side
+        pairs = re.findall(r"([a-z]+) ([\d.]+)", match.group(1))
+        assert {c: float(v) for c, v in pairs} == gaps

@@ -180,6 +180,47 @@ def table_cases(root: Path) -> list[dict]:
     out.append({"name": "latin1_csv", "spec": "tables/latin1_csv", "kind": "fairface", "expect": "error",
                 "contains": [ff, "UTF-8"]})
     out += _free_form_tables(root)
+    out += _facet_tables(root)
+    return out
+
+
+FACET_HEADER = ("person_id,filename,class1,gender_presentation_masc,gender_presentation_fem,"
+                "gender_presentation_non_binary,gender_presentation_na,age_presentation_young,"
+                "age_presentation_middle,age_presentation_older,age_presentation_na,"
+                + ",".join(f"skin_tone_{t}" for t in range(1, 11)) + ",skin_tone_na,bounding_box")
+
+
+def _facet_folder(root: Path, boxes: list[str], *, votes: str = "1,0,0,0,0,1,0,0" + ",0,0,1" + ",0" * 8) -> None:
+    """FACET's layout: annotations/annotations.csv, one person per box, all in imgs_1/a.png (16x16)."""
+    from PIL import Image
+
+    (root / "imgs_1").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 16), (0, 90, 0)).save(root / "imgs_1" / "a.png")
+    (root / "annotations").mkdir(exist_ok=True)
+    lines = [FACET_HEADER] + [f'{i},a.png,nurse,{votes},"{box}"' for i, box in enumerate(boxes)]
+    (root / "annotations" / "annotations.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _facet_tables(root: Path) -> list[dict]:
+    """FACET's release layout (kind persons): boxes that are not JSON, that lie off the image,
+    a vote that is not a count; and a good file whose people come through as crops."""
+    ok = '{""x"": 1, ""y"": 2, ""width"": 5, ""height"": 6}'
+    cases = [("facet_box_not_json", [ok, "x=1 y=2"], ["line 3", "bounding_box", "not a JSON object"]),
+             ("facet_box_off_image", [ok, ok, '{""x"": 40, ""y"": 2, ""width"": 5, ""height"": 6}'],
+              ["line 4", "lies outside the image a.png (16x16)"]),
+             ("facet_box_no_width", ['{""x"": 1, ""y"": 2, ""width"": 0, ""height"": 6}'],
+              ["line 2", "width and height above 0"])]
+    out = []
+    for name, boxes, needles in cases:
+        _facet_folder(root / name, boxes)
+        out.append({"name": name, "spec": f"tables/{name}", "kind": "persons", "expect": "error",
+                    "contains": ["annotations.csv", *needles]})
+    _facet_folder(root / "facet_vote_not_a_count", [ok], votes="1,0,0,0,0,1,0,0,0,0,two" + ",0" * 8)
+    out.append({"name": "facet_vote_not_a_count", "spec": "tables/facet_vote_not_a_count", "kind": "persons",
+                "expect": "error", "contains": ["annotations.csv", "line 2", "skin_tone_3", "'two'"]})
+    _facet_folder(root / "facet_two_people", [ok, ok.replace("1,", "9,")])
+    out.append({"name": "facet_two_people", "spec": "tables/facet_two_people", "kind": "persons",
+                "expect": "load", "column": "skin_tone_group", "values": ["1-3", "1-3"]})
     return out
 
 

@@ -1,6 +1,6 @@
 """Builders of realistic results.json dicts for the report tests.
 
-The rows follow docs/INTERNALS.md "Tidy rows" for all five probes; numbers are seeded random
+The rows follow docs/INTERNALS.md "Tidy rows" for all six probes; numbers are seeded random
 but shaped like a real run (rates in [0, 1], CIs around the value, a few "too few images").
 """
 import copy
@@ -144,13 +144,30 @@ def _retrieval_rows(rng):
     return rows
 
 
+def _person_rows(rng):
+    """person_class_bias's layout: recall per class (overall, per group), gaps per class with
+    CIs (a pair for gender presentation, each group vs the rest for skin tone), the headline."""
+    rows, classes = [], ["nurse", "gardener", "dancer", "doctor"]
+    keys = {"label_set": "facet_classes", "template": "ensemble"}
+    rows.append(row("accuracy", rng.uniform(.3, .6), group_by="overall", n=800, **keys))
+    for cls in classes:
+        rows.append(row("recall", rng.uniform(.2, .9), n=200, **keys, **{"class": cls}))
+        rows.append(row("recall_gap", rng.uniform(-.2, .2), group_by="gender_presentation", group="masculine",
+                        versus="feminine", n=180, ci=.08, p_value=.01, **keys, **{"class": cls}))
+        for tone in ("1-3", "4-6", "7-10"):
+            rows.append(row("recall_gap", rng.uniform(-.1, .1), group_by="skin_tone_group", group=tone,
+                            versus="rest", n=200, ci=.08, **keys, **{"class": cls}))
+    rows.append(row("max_recall_gap", .2, attribute="gender_presentation", n=180, **keys, **{"class": "dancer"}))
+    return rows
+
+
 def _probe(rows, summary, findings=(), config=None):
     return {"status": "ok", "summary": summary, "rows": rows, "findings": list(findings),
             "config": config or {}}
 
 
 def make_results(seed=0):
-    """A full results.json dict (schema version 1) with all five probes "ok"."""
+    """A full results.json dict (schema version 1) with all six probes "ok"."""
     rng = random.Random(seed)
     return {
         "schema_version": 1,
@@ -190,6 +207,9 @@ def make_results(seed=0):
                 _shift_rows(rng), {"mce": 0.8},
                 [{"severity": "info", "message": "Sketches lose 30 points.", "evidence": {}}]),
             "retrieval_skew": _probe(_retrieval_rows(rng), {"max_skew_gender_at_100": 0.23}),
+            "person_class_bias": _probe(
+                _person_rows(rng), {"people": 800, "classes": 52, "label_set": "facet_classes",
+                                    "templates": "ensemble of 12 wordings", "wordings": 12, "gaps_tested": 16}),
         },
         "gates": [{"name": "non-human rate by race", "passed": False, "value": 0.31,
                    "threshold": 0.05, "detail": "max over 7 rows"},

@@ -179,6 +179,19 @@ def test_race_by_gender_heatmaps_are_drawn(loaded_report):
     assert all(x == 7 and y == 2 and drawn >= 1 for x, y, drawn in cells), cells
 
 
+def test_person_class_gaps_are_drawn_beside_the_published(loaded_report):
+    """Issue 17.1: one gap chart per attribute (gender presentation carries FACET's Table 4
+    markers), bars with CI whiskers, and the recall chart."""
+    browser, session, _, _ = loaded_report
+    charts = _eval(browser, session, "Array.from(document.querySelectorAll('#probe-person_class_bias .js-plotly-plot'))"
+                   ".map(d => [d.data.map(t => t.type), d.data[0].x.length, !!d.querySelector('.main-svg'),"
+                   " d.data[0].error_y && d.data[0].error_y.array.filter(v => v !== null).length])")
+    assert len(charts) == 3, charts
+    gender, tone, recall = charts
+    assert gender[0] == ["bar", "scatter"] and gender[1] == 4 and gender[3] == 4  # the reference markers
+    assert tone[0] == ["bar"] * 3 and all(c[2] for c in charts)
+
+
 def test_a_finding_draws_its_wording_strip(loaded_report):
     """Issue 15.5: k/K and one dot per wording for the group (and a ring for the rest)."""
     browser, session, _, _ = loaded_report
@@ -233,7 +246,17 @@ def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
     row = next(r for r in cand["probes"]["fairface_label_bias"]["rows"]
                if r["metric"] == "crime_rate" and r["group_by"] == "race")
     row.update(value=0.9, ci_low=0.85, ci_high=0.95)
-    out = render_compare(compare(base, cand), tmp_path / "compare.html")
+    comparison = compare(base, cand)
+    # A moved image with its thumbnail (`audit compare --include-examples`) must show, inline.
+    from PIL import Image
+
+    from audit.thumbnails import thumbnail
+    digest = "ab" * 32
+    comparison["paired"] = {"used": True, "note": None, "probes": {}, "images": {"fairface": {digest: {"race": "Black"}}},
+                            "moved": [{"probe": "fairface_label_bias", "column": "x", "source": "fairface",
+                                       "title": "Crime-related labels", "key": {}, "into": [digest], "out_of": []}]}
+    out = render_compare(comparison, tmp_path / "compare.html",
+                         thumbnails={digest: thumbnail(Image.new("RGB", (64, 64), (200, 30, 30)))})
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     browser = Browser(binary, profile)
     try:
@@ -242,6 +265,9 @@ def test_compare_page_opens_clean_and_shows_titles(tmp_path, results_factory):
         text = _eval(browser, session, "document.getElementById('regressions')"
                      ".nextElementSibling.innerText")
         assert "Crime-related labels" in text and "90.0%" in text and "crime_rate" not in text
+        shown = _eval(browser, session, "[...document.querySelectorAll('img.thumb')]"
+                      ".map(i => i.complete && i.naturalWidth).join(',')")
+        assert shown == "64"
     finally:
         browser.close()
         shutil.rmtree(profile, ignore_errors=True)
