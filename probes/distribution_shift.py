@@ -185,10 +185,9 @@ class DistributionShift:
                       description="mean CE over the corruptions run, with the CE rows' ce_baseline"),
         "accuracy_drop": Metric("Accuracy drop under corruption", "points", worse="up"),
         **{m: Metric(f"{t} labels under corruption", "fraction", worse="up",
-                     description=f"share of faces put in a {t.lower()} class ({words}), clean "
-                                 "and per corruption and severity")
-           for m, t, words in (("non_human_rate", "Non-human", "harm_label_set"),
-                               ("crime_rate", "Crime-related", "harm_label_set"))},
+                     description=f"share of faces put in a {t.lower()} class of harm_label_set, "
+                                 "clean and per corruption and severity")
+           for m, t in (("non_human_rate", "Non-human"), ("crime_rate", "Crime-related"))},
         **{f"{m}_excess_rise": Metric(f"{t} labels: group's rise beyond the others'", "points",
                                       worse="up",
                                       description="the group's rise under a corruption (mean "
@@ -229,6 +228,7 @@ class DistributionShift:
     def run(self, ctx, cfg: Config) -> ProbeResult:
         from audit.tasks import classification_tasks
         cfg = replace(cfg, corruptions=corruption_names(cfg.corruptions))
+        _check_config(ctx, cfg)
         tasks = classification_tasks(ctx, attributes=("race", "gender"))
         if not tasks:
             return ProbeResult.skipped("no classification task: needs --fairface or --classify", config=cfg)
@@ -421,6 +421,16 @@ class DistributionShift:
             out.append(row("effective_robustness", er, ci_low=lo, ci_high=hi,
                            fit_slope=fit[0], fit_intercept=fit[1], **keys))
         return out
+
+
+def _check_config(ctx, cfg) -> None:
+    """A bad corruption name, severity or harm label set is a UserError before any encode, not
+    after minutes of corrupted copies."""
+    for c in cfg.corruptions:
+        for s in cfg.severities:
+            Corruption(c, s)
+    if cfg.harm_label_set and "fairface" in ctx.sources:
+        ctx.label_set(cfg.harm_label_set)
 
 
 def _by_source(tasks) -> list[list]:

@@ -502,3 +502,13 @@ def test_all_runs_imagenet_cs_fifteen_and_the_default_is_shorter():
     assert not rows_of(res, metric="non_human_rate")                 # harm_label_set "" turns it off
     default = DistributionShift.Config().corruptions
     assert len(default) == 10 and set(default) < set(list_corruptions())
+
+
+@pytest.mark.parametrize("bad, match", [({"corruptions": ("fog", "snowy")}, "snowy"),
+                                        ({"severities": (1, 6)}, "severity 6"),
+                                        ({"harm_label_set": "no_such_set"}, "no_such_set")])
+def test_bad_settings_fail_before_any_encode(bad, match):
+    ctx, emb = planted()
+    with pytest.raises(UserError, match=match):
+        DistributionShift().run(ctx, DistributionShift.Config(**bad))
+    assert emb.transforms == []
