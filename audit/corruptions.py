@@ -436,39 +436,9 @@ class Corruption:
 
 # -- ImageNet-C's baseline: AlexNet's errors, for ImageNet tasks ------------------------------
 
-def _imagenet_data(name: str) -> dict:
-    from importlib import resources
-    from pathlib import Path
-
-    from audit.labels import read_yaml
-    return read_yaml(Path(str(resources.files("label_sets"))) / "imagenet" / f"{name}.yaml")
-
-
 @functools.lru_cache(maxsize=1)
 def alexnet_errors() -> dict[str, dict]:
     """{corruption: {"mean": e, "severities": [e_1 .. e_5]}}: AlexNet's ImageNet-C top-1 errors
     (label_sets/imagenet/alexnet_errors.yaml, which cites its sources)."""
-    return _imagenet_data("alexnet_errors")["errors"]
-
-
-@functools.lru_cache(maxsize=1)
-def _imagenet_classes() -> tuple[frozenset, frozenset]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    return (frozenset(_imagenet_data("wnids")["wnids"]),
-            frozenset(_class_text(n) for n in IMAGENET_CLASSNAMES))
-
-
-def _class_text(label: str) -> str:
-    return " ".join(str(label).replace("_", " ").lower().split())
-
-
-def is_imagenet(labels) -> bool:
-    """Is a classification task ImageNet's (so its CE is normalised by AlexNet's)? When every
-    label is one of ImageNet-1k's 1000 WordNet ids (n01440764 ...), or every label is one of
-    its 1000 class names as open_clip lists them (case and underscores aside): the whole of
-    ImageNet or a subset of its classes. Integer class indices never count: 0..9 is CIFAR's too."""
-    labels = [str(l) for l in labels]
-    if not labels:
-        return False
-    wnids, names = _imagenet_classes()
-    return all(l in wnids for l in labels) or all(_class_text(l) in names for l in labels)
+    from audit.imagenet import data
+    return data("alexnet_errors")["errors"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audit import imagenet
 from audit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class Task:
 
 def classification_tasks(ctx, *, attributes=("race", "gender", "age"), wording="fairface_tasks") -> list[Task]:
     """FairFace attributes (class text from label_sets/templates/fairface_tasks.yaml) and every
-    classify:* source (class text = its label strings, underscores as spaces)."""
+    classify:* source (class text = its label strings, underscores as spaces; ImageNet wnids
+    by their class names, audit.imagenet)."""
     tasks = []
     if "fairface" in ctx.sources:
         words = _read_yaml(wording)["tasks"]
@@ -81,7 +83,8 @@ def classification_tasks(ctx, *, attributes=("race", "gender", "age"), wording="
                                [words[attr][l] for l in labels]))
     for src in ctx.sources_of("classify"):
         labels = sorted(set(map(str, src.table["label"])))
-        tasks.append(_task(src.name, src, "label", labels, [l.replace("_", " ") for l in labels]))
+        texts = imagenet.class_texts(labels) or [l.replace("_", " ") for l in labels]
+        tasks.append(_task(src.name, src, "label", labels, texts))
     return [t for t in tasks if len(t.truth)]
 
 

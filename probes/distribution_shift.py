@@ -4,7 +4,7 @@ Synthetic (ImageNet-C style, audit/corruptions.py): every classification task (F
 gender, every classify:* source) is re-scored on corrupted copies of a seeded, group-stratified
 subsample. ImageNet-C's corruption error is normalised by AlexNet's errors (the paper's
 constants, label_sets/imagenet/alexnet_errors.yaml) when the task is ImageNet's
-(audit.corruptions.is_imagenet: every label an ImageNet-1k wnid, or every label one of its 1000
+(audit.imagenet.is_imagenet: every label an ImageNet-1k wnid, or every label one of its 1000
 class names; a subset of its classes counts):
 
     CE_c = sum_s E_s,c(f) / sum_s E_s,c(AlexNet)      (ce_baseline "alexnet")
@@ -54,7 +54,8 @@ import numpy as np
 
 from audit import groups as crossings
 from audit import harm, stats, zeroshot
-from audit.corruptions import SEVERITIES, Corruption, alexnet_errors, is_imagenet, list_corruptions
+from audit.corruptions import SEVERITIES, Corruption, alexnet_errors, list_corruptions
+from audit.imagenet import is_imagenet
 from audit.errors import UserError
 from audit.findings import with_robustness
 from audit.labels import HARM_RATES, short_name

@@ -363,12 +363,28 @@ ALEXNET_ERRS = {"fog": (0.67474, 0.7605, 0.84378, 0.8726, 0.945),
 
 
 def test_is_imagenet_rule():
-    from audit.corruptions import is_imagenet
+    from audit.imagenet import is_imagenet
     assert is_imagenet(["n01440764", "n01443537"])            # wnids
     assert is_imagenet(["Tench", "great_white_shark"])        # class names, case and "_" aside
     assert not is_imagenet(["tench", "circle"])               # every label must be ImageNet's
     assert not is_imagenet(["0", "1", "2"])                   # integer ids are CIFAR's too
     assert not is_imagenet(["n99999999"]) and not is_imagenet([])
+
+
+def test_wnid_labels_are_prompted_by_their_class_names():
+    """A source labelled by wnid is prompted "a photo of a tench.", never "a photo of a n01440764."."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from audit.imagenet import class_texts
+    from audit.tasks import classification_tasks
+    assert class_texts(["n01440764", "n01443537"]) == ["tench", "goldfish"]
+    assert class_texts(["tench", "n01440764"]) is None      # not all wnids: the labels' own text
+    src = SimpleNamespace(name="classify:inet", table=pd.DataFrame({"label": ["n01443537", "n01440764"]}))
+    ctx = SimpleNamespace(sources={"classify:inet": src}, sources_of=lambda p: [src] if p == "classify" else [])
+    [task] = classification_tasks(ctx)
+    assert task.labels == ["n01440764", "n01443537"] and task.texts == ["tench", "goldfish"]
 
 
 # -- harm under shift ------------------------------------------------------------------------------
