@@ -16,6 +16,7 @@ import json
 from PIL import Image, ImageDraw
 
 from audit.world import faces
+from audit.world.captions import _count
 from audit.world.faces import finish, jitter_colour, mix, rand_colour
 
 GENDERS = ("masculine", "feminine")          # FACET gender_presentation_{masc,fem}
@@ -108,7 +109,8 @@ def expected_rates(classes: list[str], plants: list[dict]) -> dict:
     for cls in classes:
         out[cls] = {}
         for g in GENDERS:
-            cells = [{"class": cls, "gender": g, "age": a, "skin_tone": t} for a, t in itertools.product(AGE_GROUPS, SKIN_TONES)]
+            cells = [{"class": cls, "gender": g, "age": a, "skin_tone": t}
+                     for a, t in itertools.product(AGE_GROUPS, SKIN_TONES)]
             rates = [float(r["rate"]) if (r := planted_rule(plants, c)) else 0.0 for c in cells]
             out[cls][g] = round(sum(rates) / len(rates), 6)
     return out
@@ -121,7 +123,7 @@ def realized(people: list[dict]) -> dict:
         out[cls] = {}
         for g in GENDERS:
             flags = [p["drawn_as"] != cls for p in people if p["class"] == cls and p["gender"] == g]
-            out[cls][g] = {"n": len(flags), "k": int(sum(flags)), "rate": round(sum(flags) / len(flags), 6) if flags else None}
+            out[cls][g] = _count(flags)
     return out
 
 

@@ -63,7 +63,8 @@ def persons_table(world: Path) -> pd.DataFrame:
     """annotations.csv with the FACET columns decoded: gender, age group, majority skin tone, box."""
     t = pd.read_csv(world / "persons" / "annotations" / "annotations.csv", keep_default_na=False)
     t["gender"] = np.where(t["gender_presentation_masc"] == 1, "masculine", "feminine")
-    t["age"] = t[["age_presentation_young", "age_presentation_middle", "age_presentation_older"]].idxmax(axis=1).str.split("_").str[-1]
+    ages = ["age_presentation_young", "age_presentation_middle", "age_presentation_older"]
+    t["age"] = t[ages].idxmax(axis=1).str.split("_").str[-1]
     t["tone"] = t[[f"skin_tone_{k}" for k in range(1, 11)]].to_numpy().argmax(1) + 1
     t["box"] = [json.loads(b) for b in t["bounding_box"]]
     return t
@@ -438,3 +439,12 @@ def test_recall_lost_is_the_share_drawn_in_another_scene(preset, planted_persons
             cell = t[(t["class1"] == cls) & (t["gender"] == g)]
             misdrawn = cell["filename"].isin(world_truth["val"]["misdrawn"]).mean()
             assert abs((1 - cell["correct"].mean()) - misdrawn) <= 0.06, (preset, cls, g)
+
+
+def test_scenes_presets_speak_the_world_grammar():
+    """Their captions use default's wrappers (tests/world/test_grammar.py checks those against
+    every auditor template), never a grammar of their own."""
+    from audit.world.generate import load_preset
+
+    for preset in ("scenes", "scenes-null"):
+        assert load_preset(preset)["grammar"] == load_preset("default")["grammar"]
