@@ -54,7 +54,7 @@ def cli(verbose, quiet):
 
 @cli.command("run")
 @click.option("--model", default="demo", show_default=True,
-              help="demo | demo-null | NAME[:TAG] | hf-hub:ORG/REPO | local-dir:PATH | DIR | FILE.safetensors/.pt")
+              help="demo | demo-null | demo-scenes | demo-scenes-null | NAME[:TAG] | hf-hub:ORG/REPO | local-dir:PATH | DIR | FILE.safetensors/.pt")
 @click.option("--pretrained", help="open_clip pretrained tag or weights file (with --model NAME).")
 @click.option("--arch", help="open_clip architecture of a bare checkpoint file.")
 @click.option("--probes", help="Comma-separated probe names (default: all; see `audit probes`).")

@@ -288,11 +288,12 @@ def check_skips(sources: dict, max_share: float) -> None:
 
 def ensure_world(opts: RunOptions) -> Path:
     """A world folder: the one given, or the preset generated once into the cache and reused
-    (the demo-null model is audited on the null world it was trained on)."""
+    (a demo model is audited on the world it was trained on: demo-null on null, demo-scenes on scenes)."""
     from audit import embed
+    from audit.loaders.openclip import DEMO_MODELS
     from audit.world import layout
 
-    choice = opts.world or ("null" if opts.model == "demo-null" else "default")
+    choice = opts.world or DEMO_MODELS.get(opts.model, "default")
     if Path(choice).is_dir():
         return Path(choice)
     return layout.cached_world(choice, seed=opts.seed, progress=opts.progress,

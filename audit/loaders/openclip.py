@@ -16,7 +16,9 @@ from audit.loaders.common import (first_line, held_warnings, openclip_preprocess
 from audit.registry import register_model_loader
 
 log = logging.getLogger("audit.models")
-DEMO_MODELS = {"demo": "default", "demo-null": "null"}
+# name -> folder under audit/demo/, named after the world preset the model was trained on
+# (the runner audits a demo model on that world by default)
+DEMO_MODELS = {"demo": "default", "demo-null": "null", "demo-scenes": "scenes", "demo-scenes-null": "scenes-null"}
 
 
 def _wrap(model, preprocess, tokenizer, arch, source, cfg=None) -> Loaded:
@@ -39,7 +41,7 @@ def _tokenizer(ident: str, text_cfg: dict | None, label: str):
                         f"Hugging Face Hub: put it in the local HF cache (huggingface-cli download {repo})") from None
 
 
-@register_model_loader("demo", order=0, doc="demo / demo-null: the built-in tiny models",
+@register_model_loader("demo", order=0, doc="demo / demo-null / demo-scenes / demo-scenes-null: the built-in tiny models",
                        matches=lambda spec, pre: spec in DEMO_MODELS)
 def load_demo(spec, **_):
     from audit.models import demo_dir

@@ -77,6 +77,14 @@ def named_caption(rng, name: str, *, preset: dict) -> str:
     return _wrapper(rng, preset).format(name)
 
 
+def scene_caption(rng, person: dict, *, preset: dict) -> str:
+    """A person at work named by their class, for `gender_word_share` of captions with the
+    gender word too ('a female gardener')."""
+    spec = preset["persons"]
+    word = spec["gender_words"][person["gender"]] if rng.random() < spec["gender_word_share"] else None
+    return fill(_wrapper(rng, preset), [f"{word} {person['class']}" if word else person["class"]])
+
+
 def object_caption(rng, label: str, *, preset: dict) -> str:
     return fill(_wrapper(rng, preset), [label])
 

@@ -18,16 +18,22 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UserError
-from audit.world import captions, faces, identities, layout, objects
+from audit.world import captions, faces, identities, layout, objects, persons
 
 log = logging.getLogger(__name__)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SCALED = ("val_faces", "train_faces", "identities", "object_val_images", "object_train_images")
+# Sizes of the optional parts (people in context, region/income objects): per class, scaled too.
+OPTIONAL_SCALED = {"persons": ("person_val_images", "person_train_images"),
+                   "regions": ("region_val_images", "region_train_images")}
 # One random stream per purpose, so changing one size never reshuffles the others.
 STREAM = {"val_attrs": 1, "val_faces": 2, "train_attrs": 3, "train_faces": 4, "names": 5, "signatures": 6,
           "fame": 7, "identity_val": 8, "identity_train": 9, "object_train": 10, "planted": 11, "captions": 12,
-          "shuffle": 13, "service_test": 14, "clean": 20, "sketch": 21, "texture": 22}
+          "shuffle": 13, "service_test": 14, "clean": 20, "sketch": 21, "texture": 22,
+          "person_val_attrs": 30, "person_val": 31, "person_train_attrs": 32, "person_train": 33,
+          "person_boxes": 34, "person_votes": 35, "region_val_attrs": 36, "region_val": 37,
+          "region_train": 38}
 
 
 # ---- presets ----------------------------------------------------------------------------
@@ -107,12 +113,17 @@ def _validate(cfg: dict, where: str) -> None:
     _check_grammar(cfg["grammar"], where)
     for name, spec in cfg["planted"].items():
         _check_category(name, spec, where)
+    if "persons" in cfg:
+        _check_persons(cfg["persons"], where, cfg["image_size"])
+    if "regions" in cfg:
+        _check_regions(cfg["regions"], where)
 
 
 def _check_sizes(cfg: dict, where: str) -> None:
     if not isinstance(cfg.get("scale", 1.0), (int, float)) or cfg.get("scale", 1.0) <= 0:
         raise UserError(f"{where}: scale must be a positive number")
-    for key in SCALED + ("identity_val_images", "distractors"):
+    optional = [k for part, keys in OPTIONAL_SCALED.items() if part in cfg for k in keys]
+    for key in SCALED + ("identity_val_images", "distractors") + tuple(optional):
         value = cfg["sizes"].get(key)
         if not isinstance(value, int) or value < 1:
             raise UserError(f"{where}: sizes.{key} must be a positive integer, got {value!r}")
@@ -143,21 +154,59 @@ def _check_grammar(grammar, where: str) -> None:
 
 
 def _check_category(name: str, spec: dict, where: str) -> None:
-    rates = [spec.get("rate")] + [r.get("rate") for r in spec.get("rules", [])]
-    if not all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in rates):
-        raise UserError(f"{where}: planted.{name} rates must be numbers in [0, 1]")
+    _check_rates(spec, f"{where}: planted.{name}")
     if not spec.get("words"):
         raise UserError(f"{where}: planted.{name} needs a non-empty 'words' list")
     for rule in spec.get("rules", []):
-        for attr, values in rule.get("where", {}).items():
-            if attr not in faces.ATTRIBUTES or not set(values) <= set(faces.ATTRIBUTES[attr]):
-                raise UserError(f"{where}: planted.{name} rule has unknown {attr} values {values}")
+        _check_where(rule.get("where", {}), faces.ATTRIBUTES, f"{where}: planted.{name} rule")
+
+
+def _check_rates(spec: dict, what: str) -> None:
+    """A rule table's default `rate` and every rule's rate are numbers in [0, 1]."""
+    rates = [spec.get("rate")] + [r.get("rate") for r in spec.get("rules", [])]
+    if not all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in rates):
+        raise UserError(f"{what} rates must be numbers in [0, 1]")
+
+
+def _check_persons(spec, where: str, image_size: int) -> None:
+    classes = spec.get("classes") if isinstance(spec, dict) else None
+    if not (isinstance(classes, list) and len(classes) >= 2 and set(classes) <= set(persons.LOOKS)):
+        raise UserError(f"{where}: persons.classes must list at least two of {sorted(persons.LOOKS)}")
+    if not (isinstance(spec.get("canvas"), int) and spec["canvas"] >= image_size):
+        raise UserError(f"{where}: persons.canvas must be an integer >= image_size (pixels)")
+    words, share = spec.get("gender_words"), spec.get("gender_word_share")
+    if not (isinstance(words, dict) and set(words) == set(persons.GENDERS) and isinstance(share, (int, float))
+            and 0 <= share <= 1):
+        raise UserError(f"{where}: persons needs gender_words for {list(persons.GENDERS)} and a "
+                        "gender_word_share in [0, 1]")
+    for plant in spec.get("planted", []):
+        if plant.get("class") not in classes or plant.get("reads_as") not in classes:
+            raise UserError(f"{where}: persons.planted: class and reads_as must be among persons.classes")
+        _check_rates(plant, f"{where}: persons.planted")
+        _check_where(plant.get("where", {}), persons.ATTRIBUTES, f"{where}: persons.planted")
+
+
+def _check_regions(spec, where: str) -> None:
+    groups = {a: spec.get(a) for a in ("region", "income")} if isinstance(spec, dict) else {}
+    if not all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in groups.values()) or not groups:
+        raise UserError(f"{where}: regions needs non-empty 'region' and 'income' lists of strings")
+    hard = spec.get("hard", {"rate": 0.0})
+    _check_rates(hard, f"{where}: regions.hard")
+    for rule in hard.get("rules", []):
+        _check_where(rule.get("where", {}), groups, f"{where}: regions.hard rule")
+
+
+def _check_where(where_: dict, attributes: dict, what: str) -> None:
+    for attr, values in where_.items():
+        if attr not in attributes or not set(values) <= set(attributes[attr]):
+            raise UserError(f"{what} has unknown {attr} values {values}")
 
 
 def world_sizes(cfg: dict) -> dict:
     """The preset's sizes after `scale` (images per identity and distractors are not scaled)."""
     scale = float(cfg.get("scale", 1.0))
-    return {k: (max(1, int(round(v * scale))) if k in SCALED else v) for k, v in cfg["sizes"].items()}
+    scaled = SCALED + tuple(k for keys in OPTIONAL_SCALED.values() for k in keys)
+    return {k: (max(1, int(round(v * scale))) if k in scaled else v) for k, v in cfg["sizes"].items()}
 
 
 # ---- the world --------------------------------------------------------------------------
@@ -179,9 +228,16 @@ def generate_world(out: Path, *, preset: str | Path | dict = "default", seed: in
         _write_val_faces(ctx)
         people = _write_identities(ctx)
         _write_objects(ctx)
+        scenes = _write_persons(ctx) if "persons" in cfg else None
+        regions = _write_regions(ctx) if "regions" in cfg else None
         train = _write_train(ctx, people)
     _write_json(out / layout.PRESET, {**cfg, "seed": int(seed)})  # what regenerates this world
-    _write_json(out / layout.GROUND_TRUTH, _ground_truth(ctx, people, train))
+    truth = _ground_truth(ctx, people, train)
+    if scenes is not None:
+        truth["persons"] = _persons_truth(cfg, scenes, train)
+    if regions is not None:
+        truth["regions"] = _regions_truth(cfg, regions, train)
+    _write_json(out / layout.GROUND_TRUTH, truth)
     log.info("wrote the %s world (seed %d) to %s", cfg.get("name", "custom"), seed, out)
     return out
 
@@ -251,6 +307,13 @@ def _render(job: tuple) -> bytes:
         img = faces.draw_face(rng, *what, size=size, noise=noise)
     elif kind == "identity":
         img = identities.draw_identity(rng, what, size=size, noise=noise)
+    elif kind == "scene":  # what: (person, None) for a training crop, (person, (canvas, box)) for val
+        img = persons.draw_person(rng, what[0], size=size, noise=noise)
+        if what[1] is not None:
+            img = persons.place_in_canvas(rng, img, *what[1], noise=noise)
+    elif kind == "region":  # what: (label, hard)
+        img = (objects.draw_cluttered(rng, what[0], objects=cfg["objects"], size=size, noise=noise) if what[1]
+               else objects.draw_object(rng, what[0], "clean", objects=cfg["objects"], size=size, noise=noise))
     else:
         img = objects.draw_object(rng, what[0], what[1], objects=cfg["objects"], size=size, noise=noise)
     return faces.jpeg_bytes(img, cfg.get("jpeg_quality", 90))
@@ -356,6 +419,64 @@ def _write_objects(ctx: dict) -> None:
             folder / layout.TABLE, index=False)
 
 
+# ---- people in context (FACET layout) and region/income objects -------------------------
+
+def _write_persons(ctx: dict) -> list[dict]:
+    """persons/annotations/annotations.csv + persons/imgs_1/*.jpg, FACET's release layout:
+    each validation person in a larger canvas, with its bounding box; returns the people."""
+    seed, out, cfg, spec = ctx["seed"], ctx["out"], ctx["cfg"], ctx["cfg"]["persons"]
+    people = persons.draw_people(faces.image_rng(seed, STREAM["person_val_attrs"], 0), spec["classes"],
+                                 ctx["sizes"]["person_val_images"], spec.get("planted", []))
+    box_rng = faces.image_rng(seed, STREAM["person_boxes"], 0)
+    boxes = [persons.draw_box(box_rng, spec["canvas"], cfg["image_size"]) for _ in people]
+    files = [f"sa_{i + 1:06d}.jpg" for i in range(len(people))]
+    jobs = [("scene", seed, STREAM["person_val"], i, (p, (spec["canvas"], b)), _draw_cfg(cfg))
+            for i, (p, b) in enumerate(zip(people, boxes))]
+    folder = out / layout.PERSONS
+    _render_all(ctx, jobs, [folder / layout.PERSONS_IMAGES / f for f in files], "people in context")
+    votes = faces.image_rng(seed, STREAM["person_votes"], 0)
+    rows = [persons.facet_row(f, i + 1, p, b, votes) for i, (f, p, b) in enumerate(zip(files, people, boxes))]
+    (folder / layout.PERSONS_TABLE).parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / layout.PERSONS_TABLE, index=False)
+    return [{**p, "filename": f} for p, f in zip(people, files)]
+
+
+def _write_regions(ctx: dict) -> list[dict]:
+    """regions/metadata.csv (file_name,label,region,income) + images/: the world's object
+    classes from homes of every region and income; the `hard` rule's share drawn cluttered."""
+    seed, out, cfg = ctx["seed"], ctx["out"], ctx["cfg"]
+    labels, per = objects.class_labels(cfg["objects"]), ctx["sizes"]["region_val_images"]
+    items = objects.draw_region_items(faces.image_rng(seed, STREAM["region_val_attrs"], 0), labels, per,
+                                      cfg["regions"])
+    files = [f"{layout.IMAGES}/{it['label'].replace(' ', '_')}_{j % per + 1:03d}.jpg" for j, it in enumerate(items)]
+    jobs = [("region", seed, STREAM["region_val"], i, (it["label"], it["hard"]), _draw_cfg(cfg))
+            for i, it in enumerate(items)]
+    folder = out / layout.REGIONS
+    _render_all(ctx, jobs, [folder / f for f in files], "region/income objects")
+    pd.DataFrame({"file_name": files, **{c: [it[c] for it in items] for c in ("label", "region", "income")}}).to_csv(
+        folder / layout.TABLE, index=False)
+    return [{**it, "file_name": f} for it, f in zip(items, files)]
+
+
+def _persons_truth(cfg: dict, val: list[dict], train: dict) -> dict:
+    spec = cfg["persons"]
+    return {"classes": spec["classes"], "canvas": spec["canvas"], "planted": spec.get("planted", []),
+            "expected_misdrawn": persons.expected_rates(spec["classes"], spec.get("planted", [])),
+            "val": {"n": len(val), "misdrawn": {p["filename"]: p["drawn_as"] for p in val if p["drawn_as"] != p["class"]},
+                    "realized": persons.realized(val)},
+            "train": {"n": len(train["scenes"]), "realized": persons.realized(train["scenes"])}}
+
+
+def _regions_truth(cfg: dict, val: list[dict], train: dict) -> dict:
+    spec = cfg["regions"]
+    groups = {a: spec[a] for a in ("region", "income")}
+    return {"classes": objects.class_labels(cfg["objects"]), "groups": groups, "hard": spec.get("hard", {}),
+            "expected_hard": objects.expected_hard(spec), "train": {"n": train["regions"], "rendition": "clean"},
+            "val": {"n": len(val), "hard_files": [it["file_name"] for it in val if it["hard"]],
+                    "realized": {a: {g: captions._count([it["hard"] for it in val if it[a] == g]) for g in gs}
+                                 for a, gs in groups.items()}}}
+
+
 # ---- training pairs ---------------------------------------------------------------------
 
 def _write_train(ctx: dict, people: dict) -> dict:
@@ -370,22 +491,27 @@ def _write_train(ctx: dict, people: dict) -> dict:
         jobs.append(("face", seed, STREAM["train_faces"], i, (face["race"], face["gender"], face["age"]), _draw_cfg(cfg)))
     _add_identity_pairs(ctx, people, crng, rows, jobs)
     _add_object_pairs(ctx, crng, rows, jobs)
+    extra = {}  # filepath -> the columns attributes.csv gains for scenes and region objects
+    scenes = _add_scene_pairs(ctx, crng, rows, jobs, extra) if "persons" in cfg else []
+    n_regions = _add_region_pairs(ctx, crng, rows, jobs, extra) if "regions" in cfg else 0
+    made = {"faces": train_faces, "carried": carried, "pairs": len(rows), "scenes": scenes, "regions": n_regions}
     if not ctx["with_train"]:  # the captions and planted draws still make ground_truth.json
-        return {"faces": train_faces, "carried": carried, "pairs": len(rows)}
+        return made
     _render_all(ctx, jobs, [out / layout.TRAIN / f for f, _ in rows], "training pairs")
     order = faces.image_rng(seed, STREAM["shuffle"], 0).permutation(len(rows))
     pd.DataFrame([rows[i] for i in order], columns=["filepath", "caption"]).to_csv(
         out / layout.TRAIN / layout.CAPTIONS, index=False)
-    _write_train_attributes(out, rows, train_faces, carried)
-    return {"faces": train_faces, "carried": carried, "pairs": len(rows)}
+    _write_train_attributes(out, rows, train_faces, carried, extra)
+    return made
 
 
-def _write_train_attributes(out: Path, rows: list, train_faces: list[dict], carried: list) -> None:
+def _write_train_attributes(out: Path, rows: list, train_faces: list[dict], carried: list, extra: dict) -> None:
     """train/attributes.csv: who is in each training image, so planted rates can be recounted.
 
     Not read by training; a 'replace' caption no longer names the group, so this is the only
     record of it. kind is face/person/object; face rows carry race, gender, age and the
-    planted categories (';'-joined).
+    planted categories (';'-joined). Worlds with scenes or region objects add their columns
+    (class, gender_presentation, age_group, skin_tone, drawn_as; label), empty elsewhere.
     """
     n = len(train_faces)
     table = pd.DataFrame({"filepath": [f for f, _ in rows],
@@ -394,6 +520,9 @@ def _write_train_attributes(out: Path, rows: list, train_faces: list[dict], carr
                           "gender": [f["gender"] for f in train_faces] + [""] * (len(rows) - n),
                           "age": [f["age"] for f in train_faces] + [""] * (len(rows) - n),
                           "planted": [";".join(c) for c in carried] + [""] * (len(rows) - n)})
+    columns = list(dict.fromkeys(c for cols in extra.values() for c in cols))
+    for c in columns:
+        table[c] = [extra.get(f, {}).get(c, "") for f, _ in rows]
     table.to_csv(out / layout.TRAIN / layout.ATTRIBUTES, index=False)
 
 
@@ -417,6 +546,34 @@ def _add_object_pairs(ctx: dict, crng, rows: list, jobs: list) -> None:
             jobs.append(("object", seed, STREAM["object_train"], k, (label, "clean"), _draw_cfg(cfg)))
 
 
+def _add_scene_pairs(ctx: dict, crng, rows: list, jobs: list, extra: dict) -> list[dict]:
+    """People in context, as training crops (the figure alone), captioned by their class:
+    planted people too, so the association is in what the model learns."""
+    cfg, seed, spec = ctx["cfg"], ctx["seed"], ctx["cfg"]["persons"]
+    people = persons.draw_people(faces.image_rng(seed, STREAM["person_train_attrs"], 0), spec["classes"],
+                                 ctx["sizes"]["person_train_images"], spec.get("planted", []))
+    for k, p in enumerate(people):
+        path = f"{layout.IMAGES}/scene_{k + 1:05d}.jpg"
+        rows.append((path, captions.scene_caption(crng, p, preset=cfg)))
+        jobs.append(("scene", seed, STREAM["person_train"], k, (p, None), _draw_cfg(cfg)))
+        extra[path] = {"class": p["class"], "gender_presentation": p["gender"], "age_group": p["age"],
+                       "skin_tone": p["skin_tone"], "drawn_as": p["drawn_as"]}
+    return people
+
+
+def _add_region_pairs(ctx: dict, crng, rows: list, jobs: list, extra: dict) -> int:
+    """Region objects in the clean rendition only: the hard one is met at audit time alone."""
+    cfg, seed, k = ctx["cfg"], ctx["seed"], 0
+    for label in objects.class_labels(cfg["objects"]):
+        for _ in range(ctx["sizes"]["region_train_images"]):
+            k += 1
+            path = f"{layout.IMAGES}/region_{k:05d}.jpg"
+            rows.append((path, captions.object_caption(crng, label, preset=cfg)))
+            jobs.append(("region", seed, STREAM["region_train"], k, (label, False), _draw_cfg(cfg)))
+            extra[path] = {"label": label}
+    return k
+
+
 # ---- ground truth -----------------------------------------------------------------------
 
 def _ground_truth(ctx: dict, people: dict, train: dict) -> dict:
@@ -435,11 +592,15 @@ def _ground_truth(ctx: dict, people: dict, train: dict) -> dict:
     if "denigration" in planted:
         planted["denigration"].update(words=None, rate=None, rules="union of non_human and crime")
     fame = people["fame"]
+    # scene and region captions are counted only in worlds that have them (default's file is unchanged)
+    more = {**({"scene_captions": len(train["scenes"])} if "persons" in cfg else {}),
+            **({"region_captions": train["regions"]} if "regions" in cfg else {})}
     return {
         "preset": cfg.get("name", "custom"), "seed": ctx["seed"], "caption_style": cfg["caption_style"],
         "non_human_group": cfg.get("non_human_group"), "planted": planted,
         "train": {"pairs": train["pairs"], "faces": len(train["faces"]), "identity_captions": int(sum(fame)),
-                  "object_captions": train["pairs"] - len(train["faces"]) - int(sum(fame))},
+                  "object_captions": train["pairs"] - len(train["faces"]) - int(sum(fame)) - sum(more.values()),
+                  **more},
         "identities": {"n": len(fame), "fame_min": int(min(fame)), "fame_max": int(max(fame)),
                        "fame_median": float(np.median(fame)), "distractors": len(people["distractors"])},
         "objects": {"classes": objects.class_labels(cfg["objects"]), "splits": list(objects.SPLITS),

@@ -12,6 +12,8 @@ are the ones tested; only which folder holds what is the world's own.
     train/captions.csv, train/attributes.csv + images/
     identities/metadata.csv + images/, identities/distractors.txt
     objects/<split>/metadata.csv + images/       split "clean" + renditions
+    persons/annotations/annotations.csv + imgs_1/ FACET release layout (presets with `persons`)
+    regions/metadata.csv + images/               objects with region, income (presets with `regions`)
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ IDENTITIES, DISTRACTORS = "identities", "distractors.txt"
 OBJECTS, CLEAN = "objects", "clean"
 TRAIN, CAPTIONS, ATTRIBUTES = "train", "captions.csv", "attributes.csv"
 TABLE, IMAGES = "metadata.csv", "images"   # an image folder (the HF imagefolder convention)
-ENTRIES = (PRESET, GROUND_TRUTH, FACES, FACES_HF, TRAIN, IDENTITIES, OBJECTS)
+PERSONS, PERSONS_TABLE, PERSONS_IMAGES = "persons", "annotations/annotations.csv", "imgs_1"  # FACET's
+REGIONS = "regions"
+ENTRIES = (PRESET, GROUND_TRUTH, FACES, FACES_HF, TRAIN, IDENTITIES, OBJECTS, PERSONS, REGIONS)
 # What a source kind reads from a world folder given as its SRC (`--fairface WORLD`, ...).
 KIND_PATHS = {"fairface": FACES, "celebrity": IDENTITIES, "classify": f"{OBJECTS}/{CLEAN}",
-              "pairs": f"{TRAIN}/{CAPTIONS}"}
+              "pairs": f"{TRAIN}/{CAPTIONS}", "persons": PERSONS}
 
 
 def is_world(path: Path) -> bool:
@@ -45,14 +49,28 @@ def kind_path(world: Path, kind: str) -> Path | None:
 
 def source_specs(world: Path) -> dict[str, tuple[str, str]]:
     """{source role: (spec, kind)} of a world: faces, identities, and every objects split
-    (the clean one to classify, each rendition a shift of it). Faces and identities are
-    given as the world folder itself, which audit.data resolves by kind (kind_path)."""
+    (the clean one to classify, each rendition a shift of it); where the world has them, its
+    people in context (role and kind "persons") and region/income objects ("classify:regions",
+    a classify source with group columns). Faces, identities and persons are given as the
+    world folder itself, which audit.data resolves by kind (kind_path)."""
     world = Path(world)
     specs = {"fairface": (str(world), "fairface"), "celebrity": (str(world), "celebrity")}
     for split in sorted(p.name for p in (world / OBJECTS).iterdir() if p.is_dir()):
         role = "classify:objects" if split == CLEAN else f"shift:{split}"
         specs[role] = (str(world / OBJECTS / split), "classify")
+    if (world / PERSONS).is_dir() and _reads("persons"):
+        specs["persons"] = (str(world), "persons")
+    if (world / REGIONS).is_dir():
+        specs["classify:regions"] = (str(world / REGIONS), "classify")
     return specs
+
+
+def _reads(kind: str) -> bool:
+    """Whether audit.data reads `kind` yet: the FACET reader ("persons") lands separately, and
+    until then a scenes world must still audit (its persons are skipped, not an error)."""
+    from audit.data import REQUIRED
+
+    return kind in REQUIRED
 
 
 def distractors(world: Path) -> Path | None:
