@@ -58,19 +58,11 @@ def source_specs(world: Path) -> dict[str, tuple[str, str]]:
     for split in sorted(p.name for p in (world / OBJECTS).iterdir() if p.is_dir()):
         role = "classify:objects" if split == CLEAN else f"shift:{split}"
         specs[role] = (str(world / OBJECTS / split), "classify")
-    if (world / PERSONS).is_dir() and _reads("persons"):
+    if (world / PERSONS).is_dir():
         specs["persons"] = (str(world), "persons")
     if (world / REGIONS).is_dir():
         specs["classify:regions"] = (str(world / REGIONS), "classify")
     return specs
-
-
-def _reads(kind: str) -> bool:
-    """Whether audit.data reads `kind` yet: the FACET reader ("persons") lands separately, and
-    until then a scenes world must still audit (its persons are skipped, not an error)."""
-    from audit.data import REQUIRED
-
-    return kind in REQUIRED
 
 
 def distractors(world: Path) -> Path | None:
