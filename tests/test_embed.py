@@ -119,3 +119,43 @@ def test_stale_temp_files_are_swept(bundle, source, tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     Embedder(bundle, cache_dir=tmp_path / "c", progress=False).images(source)
     assert not old.exists() and young.exists()
+
+
+def test_prefetching_loader_gives_the_same_bytes_and_raises_its_errors(bundle, source, monkeypatch):
+    """Images load on a background thread ahead of the forward (audit.embed._prefetched): the
+    vectors are those of in-line loading, byte for byte, and an error raised while loading
+    reaches the caller, with the loader thread gone."""
+    import threading
+
+    from audit.errors import UserError
+
+    class Where:
+        key = "same"
+
+        def __init__(self):
+            self.threads = set()
+
+        def __call__(self, img, index):
+            self.threads.add(threading.current_thread().name)
+            return img
+
+    seen = Where()
+    ahead = Embedder(bundle, cache_dir=None, batch_size=5, progress=False).images(source, transform=seen)
+    monkeypatch.setenv("CLIP_AUDIT_PREFETCH", "0")
+    here = Where()
+    inline = Embedder(bundle, cache_dir=None, batch_size=5, progress=False).images(source, transform=here)
+    assert seen.threads == {"clip-audit-loader"} and here.threads == {"MainThread"}
+    assert ahead.tobytes() == inline.tobytes()
+    monkeypatch.delenv("CLIP_AUDIT_PREFETCH")
+
+    class Broken:
+        key = "broken"
+
+        def __call__(self, img, index):
+            if index == 7:
+                raise UserError("image 7: cannot be corrupted")
+            return img
+
+    with pytest.raises(UserError, match="image 7"):
+        Embedder(bundle, cache_dir=None, batch_size=2, progress=False).images(source, transform=Broken())
+    assert not any(t.name == "clip-audit-loader" for t in threading.enumerate())
