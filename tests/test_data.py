@@ -110,3 +110,34 @@ def test_keep_decoded_reads_each_file_once_and_gives_the_same_pixels(fairface_re
             img.paste((255, 0, 0), (0, 0, 4, 4))  # a transform drawing on its input
     assert len(calls) == len(kept)
     assert kept.content_hash(1) == src.content_hash(1) and src._decoded is None
+
+
+def test_threaded_check_pass_refuses_every_bomb_and_restores_warnings(tmp_path):
+    """The check pass decodes on two threads under one warning filter held by its caller: every
+    72-megapixel PNG (over the limit, under PIL's own error threshold) is refused wherever it
+    falls, the good images keep their order, and the process's warning filters are as before."""
+    import warnings
+
+    import pandas as pd
+    from PIL import Image
+
+    from tests.bad_inputs.make_corpus import _png_header_only
+
+    before = list(warnings.filters)
+    (tmp_path / "images").mkdir()
+    names = []
+    for i in range(40):
+        name = f"{i:02d}.png"
+        if i % 7 == 3:
+            (tmp_path / "images" / name).write_bytes(_png_header_only(9000, 8000))
+        else:
+            Image.new("RGB", (8, 8), (i, 2 * i, 3 * i)).save(tmp_path / "images" / name)
+        names.append(name)
+    pd.DataFrame({"file_name": [f"images/{n}" for n in names], "label": "x"}).to_csv(tmp_path / "metadata.csv", index=False)
+    src = load_source(str(tmp_path), "classify")
+    bombs = [n for i, n in enumerate(names) if i % 7 == 3]
+    assert [s["path"].split("/")[-1] for s in src.skipped] == bombs
+    assert all("decompression bomb" in s["reason"] for s in src.skipped)
+    good = [i for i in range(40) if i % 7 != 3]
+    assert [src.image(k).getpixel((0, 0)) for k in range(len(src))] == [(i, 2 * i, 3 * i) for i in good]
+    assert warnings.filters == before
