@@ -227,3 +227,31 @@ def test_open_clip_repo_in_populated_hf_cache(micro_dir, tmp_path, monkeypatch):
         assert torch.allclose(pix, n[0], atol=1e-6)
         np.testing.assert_allclose(im, n[1], atol=1e-5)
         np.testing.assert_allclose(tx, n[2], atol=1e-5)
+
+
+def test_local_dir_skips_the_random_init_the_weights_overwrite(micro_dir, monkeypatch):
+    """The local-dir loader draws no random weights (they are overwritten at once), yet every
+    parameter and buffer is open_clip's own load of the folder, and torch's initialisers are
+    back afterwards. A folder without a weights file would keep open_clip's random init."""
+    import open_clip
+    import torch.nn.init as init
+
+    from audit import models
+    from audit.loaders import openclip as loader
+
+    calls = []
+    real = init.normal_
+
+    def counting(tensor, *args, **kwargs):
+        calls.append(1)
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(init, "normal_", counting)
+    ours = models.load(str(micro_dir), device="cpu").model
+    assert calls == [] and init.normal_ is counting
+    ref, _, _ = open_clip.create_model_and_transforms(f"local-dir:{micro_dir}")
+    assert calls    # open_clip alone draws them
+    mine = dict([*ours.named_parameters(), *ours.named_buffers()])
+    theirs = dict([*ref.named_parameters(), *ref.named_buffers()])
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert loader._has_weights(micro_dir) and not loader._has_weights(micro_dir.parent)
