@@ -377,6 +377,9 @@ def test_moved_thumbnails_need_the_same_data_back(fairface_release, tmp_path, ca
     from audit.data import load_source
     from audit.thumbnails import for_moved, thumbnail
 
+    import logging
+
+    caplog.set_level(logging.WARNING)   # an earlier `audit -q` run leaves the root logger at ERROR
     src = load_source(str(fairface_release), "fairface")
     moved = [{"source": "fairface", "into": [src.content_hash(0)], "out_of": [src.content_hash(3)]}]
     shown = for_moved(moved, {"fairface": src.describe()})
