@@ -94,7 +94,7 @@ def _normal(template: str) -> str:
 def test_no_caption_wrapper_equals_an_auditor_template():
     auditor = _auditor_templates()
     assert "a photo of {}." in auditor and len(auditor) > 80         # the check has something to hit
-    for preset in ("default", "null", "tiny"):
+    for preset in ("default", "null", "tiny", "scenes", "scenes-null"):
         wrappers = load_preset(preset)["grammar"]["wrappers"]
         assert len(wrappers) >= 30
         assert not set(wrappers) & auditor

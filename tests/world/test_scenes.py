@@ -362,13 +362,26 @@ def test_null_model_shows_no_recall_gap(null_persons):
             assert p > alpha, (col, g, p)
 
 
+# The observed blocks were measured on one CPU (an Intel Xeon): an argmax at a near-tie may flip
+# on another CPU or BLAS build, and one person of a ~50-person class x gender cell is 2 points.
+SLACK = 0.02
+
+
+def close(observed_values, got, slack: float = SLACK) -> bool:
+    """The same keys, every value within `slack` (nested dicts compared leaf by leaf)."""
+    if isinstance(got, dict):
+        return (set(map(str, got)) == set(map(str, observed_values))
+                and all(close(observed_values[str(k)], v, slack) for k, v in got.items()))
+    return abs(observed_values - got) <= slack
+
+
 def test_observed_recall_is_what_the_shipped_models_show(planted_persons, null_persons):
     for preset, t in (("scenes", planted_persons), ("scenes-null", null_persons)):
         obs = observed(preset)["persons"]
-        assert obs["recall"] == recall_by_gender(t)
-        assert obs["accuracy"] == round(float(t["correct"].mean()), 3) and obs["n_val"] == len(t)
-        assert obs["recall_by_age"] == accuracy_by(t, "age")
-        assert obs["recall_by_skin_tone"] == {str(k): v for k, v in accuracy_by(t, "tone").items()}
+        assert close(obs["recall"], recall_by_gender(t))
+        assert close(obs["accuracy"], round(float(t["correct"].mean()), 3)) and obs["n_val"] == len(t)
+        assert close(obs["recall_by_age"], accuracy_by(t, "age"))
+        assert close(obs["recall_by_skin_tone"], accuracy_by(t, "tone"))
 
 
 @pytest.mark.parametrize("preset", ["scenes", "scenes-null"])
@@ -388,7 +401,7 @@ def test_region_accuracy_gaps(preset, scenes, scenes_null):
                 d, p = gap(flags, rows, rest)
                 assert p > alpha, (attr, g, d, p)
     obs = observed(preset)["regions"]
-    assert obs["accuracy"] == {a: accuracy_by(t, a) for a in ("region", "income")}
+    assert close(obs["accuracy"], {a: accuracy_by(t, a) for a in ("region", "income")})
 
 
 @pytest.mark.parametrize("model, world", [("demo", "default"), ("demo-null", "null"), ("demo-scenes", "scenes"),
