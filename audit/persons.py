@@ -94,7 +94,8 @@ def read_facet(root: Path, parse_csv):
     files = _find_files(Path(root), df["filename"].tolist(), csv)
     ids = df["person_id"] if "person_id" in df else [str(i) for i in range(len(df))]
     paths = [f"{name}#person {pid}" for name, pid in zip(df["filename"], ids)]
-    table = derived(df.drop(columns=["bounding_box"]).reset_index(drop=True), str(csv))
+    # the derived columns are made by audit.data.load_source, for FACET's table as for any persons table
+    table = df.drop(columns=["bounding_box"]).reset_index(drop=True)
     return table, CropReader(csv, files, boxes), paths, str(csv)
 
 
@@ -167,8 +168,8 @@ def _counts(table, columns, where: str):
         bad = ~np.isfinite(num) | (num < 0) | (num != np.round(num))
         if bad.any():
             i = int(bad.argmax())
-            line = f"line {i + 2}" if where.endswith(".csv") else f"row {i}"
-            raise UserError(f"{where}: {line}: {c} {table[c].iloc[i]!r} is not a count (0, 1, 2, ...)")
+            from audit.data import _line
+            raise UserError(f"{where}: {_line(where, i)}: {c} {table[c].iloc[i]!r} is not a count (0, 1, 2, ...)")
         out[:, j] = num.astype(np.int64)
     return out
 

@@ -115,3 +115,20 @@ def ensemble(weights: np.ndarray) -> np.ndarray:
 def per_template_predictions(img: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(n, T) argmax class per image and template; one (n, C) matmul per template."""
     return np.stack([(img @ w.T).argmax(axis=1) for w in weights], axis=1)
+
+
+def label_set_weights(ctx, label_set: dict, *, templates=()) -> tuple[np.ndarray, dict]:
+    """(C, D) headline class weights, the ensemble of `templates` (the label set's own when
+    empty: the renormalised mean of their text embeddings, the CLIP convention), and {panel
+    wording: (C, D)} for each wording of the set's panel alone. Forced templates are the user's
+    own wording: no panel to check them against ({}). One text encode when the panel is the
+    set's templates. fairface_label_bias, distribution_shift (harm under shift) and
+    person_class_bias (its classes in `label_set["classes"]`) share it."""
+    texts = [c["label"] for c in label_set["classes"]]
+    used = list(templates) or list(label_set["templates"])
+    per = template_weights(ctx, texts, used)                      # (T, C, D)
+    head = ensemble(per)
+    panel = [] if templates else list(label_set.get("panel_templates") or [])
+    if panel and panel != used:
+        per = template_weights(ctx, texts, panel)
+    return head, dict(zip(panel, per))

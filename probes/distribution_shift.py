@@ -62,6 +62,7 @@ from audit.labels import HARM_RATES, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
+from audit.tasks import label_set_weights
 
 log = logging.getLogger(__name__)
 # fairface_label_bias's two harm rates (audit.labels.HARM_RATES), by the groups it reports
@@ -364,7 +365,7 @@ class DistributionShift:
         """fairface_label_bias's harm rates on the corrupted copies the accuracy rows use: only
         the label set's text weights are new (one text encode)."""
         label_set = ctx.label_set(cfg.harm_label_set)
-        head, per_wording = harm.weights(ctx, label_set)
+        head, per_wording = label_set_weights(ctx, label_set)
         hits = _Hits(label_set["classes"], clean, corrupted)
         table, _ = crossings.with_crossings(table)
         keys = dict(label_set=short_name(label_set["name"]), template_set=label_set.get("panel"))

@@ -20,6 +20,7 @@ from audit.labels import HARM_RATES, check_templates, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
+from audit.tasks import label_set_weights
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,9 @@ class _Outcome:
 
 def _classify(ctx, img, table, label_set, cfg) -> _Outcome:
     """The headline is the ensemble of the templates (the label set's panel unless templates are
-    forced); each panel wording alone is classified too (audit.harm.weights: one encode)."""
+    forced); each panel wording alone is classified too (audit.tasks.label_set_weights: one encode)."""
     classes = label_set["classes"]
-    head, per_wording = harm.weights(ctx, label_set, templates=cfg.templates)
+    head, per_wording = label_set_weights(ctx, label_set, templates=cfg.templates)
     pred = zeroshot.predict(img, head)
     ind = harm.indicators(pred, classes)
     for attr in ("race", "gender"):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audit import groups, stats
+from audit.findings import with_robustness
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
@@ -310,14 +311,4 @@ def _finding(t, adjusted, m, cfg, robust) -> dict:
                 "overall": t["overall"], "gap_to_mean": t["gap_to_mean"], "p_value": float(t["p"][0]),
                 "p_adjusted": adjusted, "tests": m, "correction": "holm", **robust}
     severity = "high" if t["overall"] - r["value"] >= 0.10 else "medium"
-    finding = {"severity": severity, "message": message, "evidence": evidence}
-    if robust:
-        kk, n = robust["wordings_holding"], robust["wordings"]
-        if stats.is_robust(kk, n):
-            finding["message"] += f" Holds under {kk} of {n} wordings."
-        else:
-            shown = ", ".join(repr(w) for w in robust["wordings_held"][:4]) or "none alone"
-            finding["severity"] = "low"
-            finding["message"] = (f"Wording-dependent: {message} Holds under only {kk} of {n} wordings "
-                                  f"({shown}), fewer than two thirds.")
-    return finding
+    return with_robustness({"severity": severity, "message": message, "evidence": evidence}, robust)

@@ -23,7 +23,7 @@ from audit.labels import check_templates, short_name
 from audit.registry import Metric, register_probe
 from audit.results import ProbeResult, config_dict, row
 from audit.settings import setting
-from audit.tasks import ensemble, template_weights
+from audit.tasks import label_set_weights
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +146,9 @@ class _Outcome:
 def _classify(ctx, img, classes, label_set, cfg) -> _Outcome:
     """The headline is the ensemble of the templates (the label set's panel unless templates are
     forced); each panel wording alone is classified from the same text embeddings."""
-    texts = [c["label"] for c in classes]
-    templates = list(cfg.templates) or label_set["templates"]
-    per = template_weights(ctx, texts, templates)                      # (T, C, D)
-    predicted = zeroshot.predict(img, ensemble(per))
-    panel = [] if cfg.templates else list(label_set.get("panel_templates") or [])
-    if panel and panel != list(templates):
-        per = template_weights(ctx, texts, panel)
-    wordings = {w: zeroshot.predict(img, weights) for w, weights in zip(panel, per)}
-    return _Outcome(predicted, wordings, len(templates))
+    head, per_wording = label_set_weights(ctx, {**label_set, "classes": classes}, templates=cfg.templates)
+    wordings = {w: zeroshot.predict(img, weights) for w, weights in per_wording.items()}
+    return _Outcome(zeroshot.predict(img, head), wordings, len(cfg.templates or label_set["templates"]))
 
 
 @dataclass
