@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import re
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ FAIRFACE_VALUES = {  # FairFace's own strings (its release CSV and the Hub's Cla
     "gender": ("Male", "Female"),
     "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")}
 MAX_IMAGE_BYTES = 256 * 2**20  # bigger "images" are mistakes or attacks: skipped, never read
-MAX_IMAGE_PIXELS = 64_000_000  # PIL's decompression-bomb guard, a little tighter than its default
+MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard (_check_pixels), a little tighter than PIL's
 CHECK_THREADS = 2              # threads of the check pass (read, hash, decode every image once)
 
 
@@ -100,42 +99,30 @@ class Source:
 
 
 def decode_image(data: bytes):
-    """Bytes -> RGB PIL image, upright per EXIF; any decode failure raises ValueError."""
-    if _GUARD["on"]:
-        return _decode(data)
-    with _bomb_guard():
-        return _decode(data)
-
-
-# While the check pass's threads decode, its caller holds the warning filter for all of them:
-# warnings.catch_warnings swaps process-wide state, and two threads entering it at once can
-# restore each other's filters and drop the decompression-bomb guard.
-_GUARD = {"on": False}
-
-
-@contextmanager
-def _bomb_guard():
-    """PIL's decompression-bomb warning as an error (PIL itself only warns below twice its limit)."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
-
-
-def _decode(data: bytes):
+    """Bytes -> RGB PIL image, upright per EXIF; any decode failure raises ValueError. An image
+    of more than MAX_IMAGE_PIXELS is refused from its header, before its pixels are decoded."""
     from PIL import Image, ImageOps
 
     try:
         img = Image.open(io.BytesIO(data))
+        _check_pixels(img.size)
         img.load()
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)) from None
+
+
+def _check_pixels(size) -> None:
+    """Our own decompression-bomb guard, a plain comparison. PIL's only warns below twice its
+    limit, and making that warning an error takes warnings filters: process-wide state that
+    another thread (the check pass's second thread, a model loader's held_warnings) may swap
+    at the same moment, dropping the guard."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{width} by {height} = {width * height:,} pixels, over the {MAX_IMAGE_PIXELS:,}-pixel "
+                         "limit: refused unread as a possible decompression bomb")
 
 
 def read_image_file(path: str) -> bytes:
@@ -556,14 +543,11 @@ def _check_all(reader, n: int, *, crops: bool, name: str, progress: bool):
         return h.hexdigest(), box, None
 
     pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="clip-audit-check")
-    with _bomb_guard():
-        _GUARD["on"] = True
-        try:
-            yield from track(pool.map(check, range(n)), description=f"checking {name} images",
-                             enabled=progress, total=n)
-        finally:  # Ctrl-C: drop the images not started rather than check them all first
-            pool.shutdown(wait=True, cancel_futures=True)
-            _GUARD["on"] = False
+    try:
+        yield from track(pool.map(check, range(n)), description=f"checking {name} images",
+                         enabled=progress, total=n)
+    finally:  # Ctrl-C: drop the images not started rather than check them all first
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _names(columns) -> str:

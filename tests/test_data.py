@@ -4,7 +4,7 @@ import hashlib
 import pandas as pd
 import pytest
 
-from audit.data import load_source
+from audit.data import decode_image, load_source
 from audit.errors import UserError
 from tests.conftest import make_images
 
@@ -112,10 +112,11 @@ def test_keep_decoded_reads_each_file_once_and_gives_the_same_pixels(fairface_re
     assert kept.content_hash(1) == src.content_hash(1) and src._decoded is None
 
 
-def test_threaded_check_pass_refuses_every_bomb_and_restores_warnings(tmp_path):
-    """The check pass decodes on two threads under one warning filter held by its caller: every
-    72-megapixel PNG (over the limit, under PIL's own error threshold) is refused wherever it
-    falls, the good images keep their order, and the process's warning filters are as before."""
+def test_threaded_check_pass_refuses_every_bomb_and_leaves_warnings_alone(tmp_path):
+    """The check pass decodes on two threads with a plain size check as the bomb guard: every
+    72-megapixel PNG (over the limit, under PIL's own threshold) is refused wherever it falls,
+    the good images keep their order, and no warning filter was touched (another thread may
+    hold one: a model loader's held_warnings)."""
     import warnings
 
     import pandas as pd
@@ -141,3 +142,18 @@ def test_threaded_check_pass_refuses_every_bomb_and_restores_warnings(tmp_path):
     good = [i for i in range(40) if i % 7 != 3]
     assert [src.image(k).getpixel((0, 0)) for k in range(len(src))] == [(i, 2 * i, 3 * i) for i in good]
     assert warnings.filters == before
+
+
+@pytest.mark.parametrize("size", [(9000, 8000), (10000, 10000), (20000, 20000)])
+def test_bomb_guard_holds_whatever_warning_filter_is_in_force(size):
+    """Over our limit, under PIL's warning threshold, between its warning and error thresholds
+    and over both: refused while another part of the process ignores every warning (as a
+    loader's held_warnings may, on another thread, while the check pass decodes)."""
+    import warnings
+
+    from tests.bad_inputs.make_corpus import _png_header_only
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="decompression bomb"):
+            decode_image(_png_header_only(*size))
