@@ -218,3 +218,15 @@ def test_the_facet_gaps_above_are_reference_md_sentences():
         assert match, side
         pairs = re.findall(r"([a-z]+) ([\d.]+)", match.group(1))
         assert {c: float(v) for c, v in pairs} == gaps
+
+
+def test_person_class_bias_reference_names_classes_as_the_rows_do():
+    """The probe's rows name a class by its label set `label` ("basketball player"), not by
+    FACET's string ("basketball_player"): a published row keyed the other way would never meet
+    its row in the report's table."""
+    from audit.labels import read_yaml
+
+    classes = read_yaml(Path(__file__).resolve().parents[1] / "label_sets" / "facet_classes.yaml")["classes"]
+    labels = {c["label"] for c in classes}
+    for r in _published("person_class_bias")["rows"]:
+        assert r["class"] in labels, r
