@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

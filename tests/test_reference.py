@@ -224,9 +224,8 @@ def test_person_class_bias_reference_names_classes_as_the_rows_do():
     """The probe's rows name a class by its label set `label` ("basketball player"), not by
     FACET's string ("basketball_player"): a published row keyed the other way would never meet
     its row in the report's table."""
-    from audit.labels import read_yaml
+    from audit.labels import load_label_set
 
-    classes = read_yaml(Path(__file__).resolve().parents[1] / "label_sets" / "facet_classes.yaml")["classes"]
-    labels = {c["label"] for c in classes}
+    labels = {c["label"] for c in load_label_set("facet_classes")["classes"]}
     for r in _published("person_class_bias")["rows"]:
         assert r["class"] in labels, r
